@@ -1,0 +1,57 @@
+//! The extension's error catalogue: every error a caller can see, with its SQLSTATE.
+use pgrx::pg_sys::errcodes::PgSqlErrorCode;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+pub enum RealtimeError {
+    NotPreloaded,
+    EmptyTopic,
+    PayloadType(String),
+    NullPayload,
+    Prepare,
+    TooManyBackends(i32),
+    SnapshotIsolation,
+}
+
+impl RealtimeError {
+    pub fn report(self) -> ! {
+        let (code, msg, hint) = match self {
+            Self::NotPreloaded => (
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "pg_realtime must be loaded via shared_preload_libraries".to_string(),
+                Some("Add pg_realtime to shared_preload_libraries in postgresql.conf and restart PostgreSQL."),
+            ),
+            Self::EmptyTopic => {
+                (PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "topic must not be empty".into(), None)
+            }
+            Self::PayloadType(t) => (
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!("payload must be jsonb or bytea, not {t}"),
+                None,
+            ),
+            Self::NullPayload => {
+                (PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "payload must not be null".into(), None)
+            }
+            Self::Prepare => (
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "cannot PREPARE a transaction that has queued realtime messages".into(),
+                None,
+            ),
+            Self::TooManyBackends(n) => (
+                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                format!("pg_realtime tracks at most {n} concurrent backends"),
+                Some("Lower max_connections."),
+            ),
+            Self::SnapshotIsolation => (
+                PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+                "realtime._poll must run in a READ COMMITTED transaction".into(),
+                None,
+            ),
+        };
+        match hint {
+            Some(h) => ErrorReport::new(code, msg, "pg_realtime").set_hint(h).report(PgLogLevel::ERROR),
+            None => ErrorReport::new(code, msg, "pg_realtime").report(PgLogLevel::ERROR),
+        }
+        unreachable!("ERROR does not return")
+    }
+}

@@ -1,0 +1,313 @@
+//! Commit-time hand-off into `realtime.queue`, and the reader functions the sidecar calls.
+//!
+//! Writer path (hot): `realtime._enqueue` only buffers (`pending`). At `XACT_EVENT_PRE_COMMIT`
+//! the transaction reserves a seq range (`horizon::reserve`) and inserts its rows with one kept
+//! plan, as the bootstrap superuser (callers need no rights on the internal table). At commit or
+//! abort the reservation ends. No NOTIFY, no lock held across the commit record's flush.
+//!
+//! Reader path: `_poll` computes the horizon *before* it takes its snapshot, so every seq below
+//! the horizon is either visible in that snapshot or belonged to an aborted transaction.
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+use pgrx::{AnyElement, IntoDatum, Uuid};
+use std::cell::Cell;
+use std::ffi::c_void;
+
+use crate::error::RealtimeError;
+use crate::{guc, horizon, pending};
+
+const INSERT_SQL: &core::ffi::CStr = c"insert into realtime.queue (seq, topic, private, event, payload, binary_payload, msg_id) values ($1, $2, $3, $4, $5, $6, $7)";
+
+thread_local! {
+    static INSERT_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    static HOLDS_SLOT: Cell<bool> = const { Cell::new(false) };
+    static EPOCH: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+pub fn register_callbacks() {
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT => flush(),
+        XACT_EVENT_PRE_PREPARE if pending::len() > 0 => RealtimeError::Prepare.report(),
+        XACT_EVENT_COMMIT => finish(true),
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_COMMIT => {
+            finish(false)
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _sub: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => pending::abort_subxact(level),
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => pending::commit_subxact(level),
+        _ => {}
+    }
+}
+
+fn finish(committed: bool) {
+    pending::clear();
+    if HOLDS_SLOT.replace(false) {
+        horizon::release(committed);
+    }
+}
+
+/// Runs `f` inside SPI as the bootstrap superuser, restoring the caller's identity afterwards.
+/// Pre-commit has no active snapshot any more, so one is pushed for the duration.
+/// On ERROR, transaction abort restores the user id, the snapshot stack and SPI.
+fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+    unsafe {
+        let (mut uid, mut ctx) = (pg_sys::Oid::INVALID, 0);
+        pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
+        pg_sys::SetUserIdAndSecContext(
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+            ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        pg_sys::SPI_connect();
+        let r = f();
+        pg_sys::SPI_finish();
+        pg_sys::PopActiveSnapshot();
+        pg_sys::SetUserIdAndSecContext(uid, ctx);
+        r
+    }
+}
+
+/// Seeds the shared seq counter once per server lifetime (inside an SPI connection).
+unsafe fn ensure_initialized() {
+    if horizon::is_initialized() {
+        return;
+    }
+    let rc = unsafe { pg_sys::SPI_execute(c"select coalesce(max(seq), 0) from realtime.queue".as_ptr(), true, 1) };
+    assert_eq!(rc, pg_sys::SPI_OK_SELECT as i32, "reading the queue's last seq failed");
+    let floor = unsafe {
+        let tt = pg_sys::SPI_tuptable;
+        let mut isnull = false;
+        let d = pg_sys::SPI_getbinval(*(*tt).vals, (*tt).tupdesc, 1, &mut isnull);
+        i64::from_datum(d, isnull).unwrap_or(0)
+    };
+    horizon::initialize(floor);
+}
+
+unsafe fn insert_plan() -> pg_sys::SPIPlanPtr {
+    let plan = INSERT_PLAN.get();
+    if !plan.is_null() {
+        return plan;
+    }
+    let mut types = [
+        pg_sys::INT8OID,
+        pg_sys::TEXTOID,
+        pg_sys::BOOLOID,
+        pg_sys::TEXTOID,
+        pg_sys::JSONBOID,
+        pg_sys::BYTEAOID,
+        pg_sys::UUIDOID,
+    ];
+    let plan = unsafe {
+        let p = pg_sys::SPI_prepare(INSERT_SQL.as_ptr(), types.len() as i32, types.as_mut_ptr());
+        assert!(!p.is_null(), "preparing the queue insert failed");
+        pg_sys::SPI_keepplan(p);
+        p
+    };
+    INSERT_PLAN.set(plan);
+    plan
+}
+
+/// Pre-commit: reserve seqs in commit order and write this transaction's messages.
+fn flush() {
+    if pending::len() == 0 {
+        return;
+    }
+    let msgs = pending::take();
+    as_owner(|| unsafe {
+        ensure_initialized();
+        let first = horizon::reserve(msgs.len());
+        HOLDS_SLOT.set(true);
+        let plan = insert_plan();
+        for (i, m) in msgs.iter().enumerate() {
+            let none = pg_sys::Datum::from(0usize);
+            let msg_id = m.msg_id.and_then(|u| u.into_datum());
+            let mut values = [
+                (first + i as i64).into_datum().unwrap(),
+                m.topic.as_str().into_datum().unwrap(),
+                m.private.into_datum().unwrap(),
+                m.event.as_str().into_datum().unwrap(),
+                if m.binary { none } else { m.payload },
+                if m.binary { m.payload } else { none },
+                msg_id.unwrap_or(none),
+            ];
+            let flag = |null: bool| if null { b'n' as i8 } else { b' ' as i8 };
+            let nulls = [b' ' as i8, b' ' as i8, b' ' as i8, b' ' as i8, flag(m.binary), flag(!m.binary), flag(msg_id.is_none())];
+            let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
+            assert_eq!(rc, pg_sys::SPI_OK_INSERT as i32, "inserting into realtime.queue failed");
+        }
+    });
+}
+
+/// Buffers one message until commit. `payload` is jsonb (JSON frame) or bytea (binary frame).
+#[pg_extern(volatile, parallel_unsafe, name = "_enqueue")]
+fn enqueue(topic: &str, event: &str, payload: Option<AnyElement>, private: bool, msg_id: Option<Uuid>) {
+    if topic.is_empty() {
+        RealtimeError::EmptyTopic.report();
+    }
+    let Some(payload) = payload else { RealtimeError::NullPayload.report() };
+    let binary = match payload.oid() {
+        pg_sys::JSONBOID => false,
+        pg_sys::BYTEAOID => true,
+        other => RealtimeError::PayloadType(type_name(other)).report(),
+    };
+    pending::push(topic, event, private, payload.datum(), binary, msg_id);
+}
+
+fn type_name(oid: pg_sys::Oid) -> String {
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(oid)).to_string_lossy().into_owned() }
+}
+
+/// Messages the current transaction will publish when it commits.
+#[pg_extern(volatile, parallel_unsafe, name = "_pending")]
+fn pending_count() -> i64 {
+    pending::len() as i64
+}
+
+/// The queue's epoch: a uuid that changes when crash recovery empties the unlogged queue.
+/// Cached per backend: a crash restarts every backend.
+fn current_epoch() -> String {
+    if let Some(e) = EPOCH.with_borrow(|e| e.clone()) {
+        return e;
+    }
+    let epoch = Spi::connect_mut(|client| {
+        client.update("insert into realtime.queue_epoch default values on conflict do nothing", None, &[])?;
+        client.select("select epoch::text from realtime.queue_epoch", None, &[])?.first().get_one::<String>()
+    })
+    .expect("reading realtime.queue_epoch failed")
+    .expect("realtime.queue_epoch is empty");
+    EPOCH.set(Some(epoch.clone()));
+    epoch
+}
+
+fn ensure_initialized_spi() {
+    if !horizon::is_initialized() {
+        let floor = Spi::get_one::<i64>("select coalesce(max(seq), 0) from realtime.queue")
+            .expect("reading the queue's last seq failed")
+            .unwrap_or(0);
+        horizon::initialize(floor);
+    }
+}
+
+/// Where a new reader starts: the current epoch and the last seq that is already final.
+#[pg_extern(volatile, parallel_unsafe, security_definer, name = "_position")]
+fn position() -> TableIterator<'static, (name!(epoch, String), name!(head, i64))> {
+    ensure_initialized_spi();
+    TableIterator::once((current_epoch(), horizon::horizon() - 1))
+}
+
+type PollRow = (
+    name!(epoch, String),
+    name!(seq, i64),
+    name!(topic, String),
+    name!(private, bool),
+    name!(event, String),
+    name!(payload, Option<String>),
+    name!(binary_payload, Option<Vec<u8>>),
+    name!(msg_id, Option<String>),
+);
+
+/// Final rows after `after` in commit order. An empty answer registers the caller as idle, so
+/// the next commit wakes the notifier (see `horizon` for why the re-read closes the race).
+#[pg_extern(volatile, parallel_unsafe, security_definer, name = "_poll")]
+fn poll(epoch: &str, after: i64, max_rows: i32) -> TableIterator<
+    'static,
+    (
+        name!(epoch, String),
+        name!(seq, i64),
+        name!(topic, String),
+        name!(private, bool),
+        name!(event, String),
+        name!(payload, Option<String>),
+        name!(binary_payload, Option<Vec<u8>>),
+        name!(msg_id, Option<String>),
+    ),
+> {
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        RealtimeError::SnapshotIsolation.report();
+    }
+    ensure_initialized_spi();
+    let current = current_epoch();
+    let after = if epoch == current { after } else { 0 };
+    let mut rows = read_final(&current, after, max_rows);
+    if rows.is_empty() {
+        horizon::declare_idle();
+        rows = read_final(&current, after, max_rows);
+    }
+    TableIterator::new(rows)
+}
+
+fn read_final(epoch: &str, after: i64, max_rows: i32) -> Vec<PollRow> {
+    // The horizon is read before the query's snapshot is taken (a non-read-only SPI query in
+    // READ COMMITTED gets a fresh snapshot).
+    let below = horizon::horizon();
+    if below <= after + 1 {
+        return Vec::new();
+    }
+    Spi::connect_mut(|client| {
+        let table = client.update(
+            "select seq, topic, private, event, payload::text, binary_payload, msg_id::text
+               from realtime.queue where seq > $1 and seq < $2 order by seq limit $3",
+            None,
+            &[after.into(), below.into(), max_rows.max(1).into()],
+        )?;
+        let mut out = Vec::with_capacity(table.len());
+        for row in table {
+            out.push((
+                epoch.to_owned(),
+                row.get::<i64>(1)?.unwrap_or_default(),
+                row.get::<String>(2)?.unwrap_or_default(),
+                row.get::<bool>(3)?.unwrap_or_default(),
+                row.get::<String>(4)?.unwrap_or_default(),
+                row.get::<String>(5)?,
+                row.get::<Vec<u8>>(6)?,
+                row.get::<String>(7)?,
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .expect("reading realtime.queue failed")
+}
+
+/// Deletes messages past the retention window or beyond the size cap; keeps the newest row so
+/// the seq counter can be re-seeded after a clean restart. Returns the number of rows deleted.
+#[pg_extern(volatile, parallel_unsafe, security_definer, name = "_prune")]
+pub fn prune() -> i64 {
+    ensure_initialized_spi();
+    let cap_floor = horizon::horizon() - guc::QUEUE_MAX_ROWS.get() as i64;
+    Spi::connect_mut(|client| {
+        let deleted = client.update(
+            "with bounds as (
+               select coalesce((select seq from realtime.queue
+                                 where inserted_at >= now() - make_interval(secs => $1)
+                                 order by seq limit 1), $2) as keep_from,
+                      (select max(seq) from realtime.queue) as newest)
+             delete from realtime.queue q using bounds b
+              where q.seq < greatest(b.keep_from, $3) and q.seq < b.newest",
+            None,
+            &[(guc::QUEUE_RETENTION_S.get() as f64).into(), i64::MAX.into(), cap_floor.into()],
+        )?;
+        Ok::<_, pgrx::spi::Error>(deleted.len() as i64)
+    })
+    .expect("pruning realtime.queue failed")
+}

@@ -1,0 +1,36 @@
+-- Internal storage of pg_realtime. Not an API: read it through realtime._poll().
+
+-- One row per committed message. UNLOGGED: no WAL on the writer's path, emptied by crash
+-- recovery (which starts a new epoch, see queue_epoch). `seq` is assigned at pre-commit in commit
+-- order and doubles as the message's offset within its topic (increasing, not contiguous).
+create unlogged table realtime.queue (
+    seq            bigint      primary key,
+    topic          text        not null,
+    private        boolean     not null default false,
+    event          text        not null,
+    payload        jsonb,
+    binary_payload bytea,
+    msg_id         uuid,
+    inserted_at    timestamptz not null default now(),
+    check (payload is null or binary_payload is null)
+);
+-- Constant insert-at-the-head, delete-at-the-tail churn: vacuum early so pruned rows' space is
+-- reused instead of the table growing.
+alter table realtime.queue set (
+    autovacuum_vacuum_scale_factor = 0.0,
+    autovacuum_vacuum_threshold = 5000,
+    autovacuum_vacuum_insert_scale_factor = 0.0,
+    autovacuum_vacuum_insert_threshold = 50000
+);
+-- Replay by topic ("messages of topic X after offset N").
+create index queue_topic_seq on realtime.queue (topic, seq);
+
+-- The queue's epoch. UNLOGGED like the queue, so crash recovery empties both together; the
+-- next reader then creates a fresh epoch and clients learn that earlier offsets are gone.
+create unlogged table realtime.queue_epoch (
+    singleton  boolean     primary key default true check (singleton),
+    epoch      uuid        not null default gen_random_uuid(),
+    started_at timestamptz not null default now()
+);
+
+revoke all on realtime.queue, realtime.queue_epoch from public;
