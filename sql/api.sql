@@ -5,8 +5,8 @@
 -- (`realtime:<topic>` on the client), if and when the calling transaction commits.
 create function realtime.broadcast(topic text, event text, payload jsonb, private boolean default false)
 returns void
-language sql volatile
-as $$ select realtime._enqueue(topic, event, payload, private, null::uuid) $$;
+language c volatile parallel unsafe
+as 'MODULE_PATHNAME', 'broadcast_wrapper';
 
 -- send: Supabase-compatible. Adds a generated uuid to the payload as `id` (unless it has one),
 -- delivers it as meta.id, and is private by default. Errors become a WARNING, as in Supabase,

@@ -22,8 +22,6 @@ alter table realtime.queue set (
     autovacuum_vacuum_insert_scale_factor = 0.0,
     autovacuum_vacuum_insert_threshold = 50000
 );
--- Replay by topic ("messages of topic X after offset N").
-create index queue_topic_seq on realtime.queue (topic, seq);
 
 -- The queue's epoch. UNLOGGED like the queue, so crash recovery empties both together; the
 -- next reader then creates a fresh epoch and clients learn that earlier offsets are gone.
@@ -33,4 +31,6 @@ create unlogged table realtime.queue_epoch (
     started_at timestamptz not null default now()
 );
 
+-- Callers use the API functions; the tables stay internal.
+grant usage on schema realtime to public;
 revoke all on realtime.queue, realtime.queue_epoch from public;

@@ -1,4 +1,5 @@
-//! Settings (`pg_realtime.*`). `database` is fixed at server start; the rest reload on SIGHUP.
+//! Settings (`pg_realtime.*`). `database` is fixed at server start; the queue limits reload on
+//! SIGHUP (the notifier prunes with them) and a superuser may override them per session.
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
@@ -27,7 +28,7 @@ pub fn register() {
         &QUEUE_RETENTION_S,
         0,
         i32::MAX,
-        GucContext::Sighup,
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
@@ -37,7 +38,7 @@ pub fn register() {
         &QUEUE_MAX_ROWS,
         1,
         i32::MAX,
-        GucContext::Sighup,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -1,9 +1,9 @@
 //! Commit-time hand-off into `realtime.queue`, and the reader functions the sidecar calls.
 //!
-//! Writer path (hot): `realtime._enqueue` only buffers (`pending`). At `XACT_EVENT_PRE_COMMIT`
-//! the transaction reserves a seq range (`horizon::reserve`) and inserts its rows with one kept
-//! plan, as the bootstrap superuser (callers need no rights on the internal table). At commit or
-//! abort the reservation ends. No NOTIFY, no lock held across the commit record's flush.
+//! Writer path (hot): `realtime.broadcast` / `_enqueue` only buffer (`pending`). At
+//! `XACT_EVENT_PRE_COMMIT` the transaction reserves a seq range (`horizon::reserve`) and writes
+//! its rows directly into the heap and index (callers need no rights on the internal table). At
+//! commit or abort the reservation ends. No NOTIFY, no lock held across the commit's WAL flush.
 //!
 //! Reader path: `_poll` computes the horizon *before* it takes its snapshot, so every seq below
 //! the horizon is either visible in that snapshot or belonged to an aborted transaction.
@@ -16,10 +16,7 @@ use std::ffi::c_void;
 use crate::error::RealtimeError;
 use crate::{guc, horizon, pending};
 
-const INSERT_SQL: &core::ffi::CStr = c"insert into realtime.queue (seq, topic, private, event, payload, binary_payload, msg_id) values ($1, $2, $3, $4, $5, $6, $7)";
-
 thread_local! {
-    static INSERT_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
     static HOLDS_SLOT: Cell<bool> = const { Cell::new(false) };
     static EPOCH: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
@@ -104,59 +101,85 @@ unsafe fn ensure_initialized() {
     horizon::initialize(floor);
 }
 
-unsafe fn insert_plan() -> pg_sys::SPIPlanPtr {
-    let plan = INSERT_PLAN.get();
-    if !plan.is_null() {
-        return plan;
-    }
-    let mut types = [
-        pg_sys::INT8OID,
-        pg_sys::TEXTOID,
-        pg_sys::BOOLOID,
-        pg_sys::TEXTOID,
-        pg_sys::JSONBOID,
-        pg_sys::BYTEAOID,
-        pg_sys::UUIDOID,
-    ];
-    let plan = unsafe {
-        let p = pg_sys::SPI_prepare(INSERT_SQL.as_ptr(), types.len() as i32, types.as_mut_ptr());
-        assert!(!p.is_null(), "preparing the queue insert failed");
-        pg_sys::SPI_keepplan(p);
-        p
-    };
-    INSERT_PLAN.set(plan);
-    plan
-}
+/// Column order of `realtime.queue` in sql/schema.sql.
+const QUEUE_COLUMNS: usize = 8;
 
 /// Pre-commit: reserve seqs in commit order and write this transaction's messages.
+///
+/// Rows go straight into the heap and the primary-key index (no SPI, no executor, no snapshot):
+/// this runs in every broadcasting transaction and is most of what a broadcast costs.
 fn flush() {
     if pending::len() == 0 {
         return;
     }
     let msgs = pending::take();
-    as_owner(|| unsafe {
-        ensure_initialized();
-        let first = horizon::reserve(msgs.len());
-        HOLDS_SLOT.set(true);
-        let plan = insert_plan();
+    if !horizon::is_initialized() {
+        as_owner(|| unsafe { ensure_initialized() });
+    }
+    let first = horizon::reserve(msgs.len());
+    HOLDS_SLOT.set(true);
+    unsafe {
+        let rel = pg_sys::table_open(queue_oid(), pg_sys::RowExclusiveLock as i32);
+        let desc = (*rel).rd_att;
+        assert_eq!((*desc).natts as usize, QUEUE_COLUMNS, "realtime.queue has an unexpected shape");
+        let pk = primary_key(rel);
+        let pk_info = pg_sys::BuildIndexInfo(pk);
+        let inserted_at = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
         for (i, m) in msgs.iter().enumerate() {
+            let seq = (first + i as i64).into_datum().unwrap();
             let none = pg_sys::Datum::from(0usize);
             let msg_id = m.msg_id.and_then(|u| u.into_datum());
             let mut values = [
-                (first + i as i64).into_datum().unwrap(),
+                seq,
                 m.topic.as_str().into_datum().unwrap(),
                 m.private.into_datum().unwrap(),
                 m.event.as_str().into_datum().unwrap(),
                 if m.binary { none } else { m.payload },
                 if m.binary { m.payload } else { none },
                 msg_id.unwrap_or(none),
+                inserted_at,
             ];
-            let flag = |null: bool| if null { b'n' as i8 } else { b' ' as i8 };
-            let nulls = [b' ' as i8, b' ' as i8, b' ' as i8, b' ' as i8, flag(m.binary), flag(!m.binary), flag(msg_id.is_none())];
-            let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
-            assert_eq!(rc, pg_sys::SPI_OK_INSERT as i32, "inserting into realtime.queue failed");
+            let mut nulls = [false, false, false, false, m.binary, !m.binary, msg_id.is_none(), false];
+            let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::simple_heap_insert(rel, tuple);
+            let (mut key, mut key_null) = ([seq], [false]);
+            pg_sys::index_insert(
+                pk,
+                key.as_mut_ptr(),
+                key_null.as_mut_ptr(),
+                &mut (*tuple).t_self,
+                rel,
+                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES,
+                false,
+                pk_info,
+            );
+            pg_sys::heap_freetuple(tuple);
         }
-    });
+        pg_sys::index_close(pk, pg_sys::NoLock as i32);
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    }
+}
+
+unsafe fn queue_oid() -> pg_sys::Oid {
+    let oid = unsafe {
+        let ns = pg_sys::get_namespace_oid(c"realtime".as_ptr(), false);
+        pg_sys::get_relname_relid(c"queue".as_ptr(), ns)
+    };
+    assert!(oid != pg_sys::Oid::INVALID, "realtime.queue does not exist");
+    oid
+}
+
+/// Opens the queue's only index, its primary key on `seq`. Anything else is refused: an index
+/// added by hand would silently miss these rows.
+unsafe fn primary_key(rel: pg_sys::Relation) -> pg_sys::Relation {
+    unsafe {
+        let list = pg_sys::RelationGetIndexList(rel);
+        assert!(!list.is_null() && (*list).length == 1, "realtime.queue must have exactly one index (its primary key)");
+        let pk = pg_sys::index_open((*(*list).elements).oid_value, pg_sys::RowExclusiveLock as i32);
+        let index = &*(*pk).rd_index;
+        assert!(index.indnatts == 1 && index.indkey.values.as_slice(1)[0] == 1, "realtime.queue's index must be on seq");
+        pk
+    }
 }
 
 /// Buffers one message until commit. `payload` is jsonb (JSON frame) or bytea (binary frame).
@@ -176,6 +199,13 @@ fn enqueue(topic: &str, event: &str, payload: Option<AnyElement>, private: bool,
 
 fn type_name(oid: pg_sys::Oid) -> String {
     unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(oid)).to_string_lossy().into_owned() }
+}
+
+/// `realtime.broadcast` itself (declared in sql/api.sql): the writer's hot path, without the cost
+/// of a SQL-language wrapper.
+#[pg_extern(sql = false)]
+fn broadcast(topic: &str, event: &str, payload: Option<AnyElement>, private: bool) {
+    enqueue(topic, event, payload, private, None);
 }
 
 /// Messages the current transaction will publish when it commits.
