@@ -1,0 +1,77 @@
+//! Shared state and the HTTP router, kept apart from `main` so tests can serve [`app`] on an
+//! ephemeral port without a database.
+//!
+//! Lifecycle: [`AppState`] lives behind one `Arc` for the life of the process. Its `shutdown`
+//! token is cancelled exactly once (by `main` on SIGTERM/SIGINT); every connection's kill token
+//! and the queue reader derive from it. `connections` tracks every upgraded WebSocket task so
+//! `main` can wait for them to finish closing.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::fanout::Registry;
+use crate::ws;
+
+/// Upper bound for a plain HTTP request (the refused-upgrade backoff included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct AppState {
+    pub config: Config,
+    pub auth: Auth,
+    pub registry: Registry,
+    /// Whether the queue reader currently holds a working database connection.
+    pub db_connected: AtomicBool,
+    pub shutdown: CancellationToken,
+    pub connections: TaskTracker,
+    next_conn_id: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(AppState {
+            auth: Auth::new(&config.jwt_secret),
+            config,
+            registry: Registry::default(),
+            db_connected: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            next_conn_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/realtime/v1/websocket", get(ws::upgrade))
+        .route("/socket/websocket", get(ws::upgrade))
+        .route("/healthcheck", get(healthcheck))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state)
+}
+
+async fn healthcheck(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "db_connected": state.db_connected.load(Ordering::Relaxed),
+        "connections": state.connections.len(),
+    }))
+}

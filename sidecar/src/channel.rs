@@ -1,0 +1,238 @@
+//! Per-connection channel table and the rules for reading a `phx_join` (PROTOCOL.md §3).
+//!
+//! Invariants:
+//! * At most one channel instance per Phoenix topic per connection; a second join replaces the
+//!   first (the session closes the old instance first).
+//! * Every entry holds a live registry subscription; whoever removes an entry from the table
+//!   must unsubscribe it (the session does, including when the connection ends).
+//! * Join payloads are read leniently, like Realtime: unknown keys are ignored, booleans may be
+//!   JSON booleans or `"true"`/`"false"` strings in any case, and an invalid payload means
+//!   defaults, never a failed join.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::fanout::{SubId, TopicKey};
+
+const TOPIC_PREFIX: &str = "realtime:";
+
+/// The sub-topic of a Realtime topic (`realtime:room1` → `room1`); `None` for other topics,
+/// which no channel handles. An empty sub-topic is returned as `Some("")` (a join error).
+pub fn sub_topic(topic: &str) -> Option<&str> {
+    topic.strip_prefix(TOPIC_PREFIX)
+}
+
+/// What a join asks for.
+#[derive(Debug, Default, PartialEq)]
+pub struct JoinConfig {
+    pub broadcast_self: bool,
+    pub broadcast_ack: bool,
+    pub presence_enabled: bool,
+    pub private: bool,
+    /// `config.postgres_changes` object entries, exactly as sent.
+    pub postgres_changes: Vec<Map<String, Value>>,
+}
+
+impl JoinConfig {
+    pub fn parse(payload: &Value) -> Self {
+        let config = payload.get("config");
+        let at = |path: &[&str]| path.iter().try_fold(config?, |v, key| v.get(key));
+        JoinConfig {
+            broadcast_self: flexible_bool(at(&["broadcast", "self"])),
+            broadcast_ack: flexible_bool(at(&["broadcast", "ack"])),
+            presence_enabled: flexible_bool(at(&["presence", "enabled"])),
+            private: flexible_bool(at(&["private"])),
+            postgres_changes: at(&["postgres_changes"])
+                .and_then(Value::as_array)
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter_map(|e| e.as_object().cloned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Realtime's `FlexibleBoolean`: `true` or a string equal to "true" ignoring case.
+fn flexible_bool(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+/// The token a join is authorized with (Realtime `assign_access_token`): an `sb_…` opaque key
+/// means "use the connection token"; otherwise `user_token` (legacy), then `access_token`, then
+/// the connection token.
+pub fn join_token<'a>(payload: &'a Value, conn_token: &'a str) -> &'a str {
+    let field = |name| payload.get(name).and_then(Value::as_str);
+    let first = field("access_token").or_else(|| field("user_token"));
+    if first.is_some_and(|t| t.starts_with("sb_")) {
+        return conn_token;
+    }
+    field("user_token")
+        .or_else(|| field("access_token"))
+        .unwrap_or(conn_token)
+}
+
+/// Join-reply echo of one `postgres_changes` entry: the entry as sent plus a numeric `id`
+/// (Realtime uses `:erlang.phash2(params)`, a non-negative integer below 2^27).
+pub fn postgres_change_echo(entry: &Map<String, Value>) -> Value {
+    let mut hasher = DefaultHasher::new();
+    Value::Object(entry.clone()).to_string().hash(&mut hasher);
+    let mut echoed = entry.clone();
+    echoed.insert("id".to_owned(), Value::from(hasher.finish() % (1 << 27)));
+    Value::Object(echoed)
+}
+
+/// One joined channel instance.
+#[derive(Debug)]
+pub struct Channel {
+    pub join_ref: Option<String>,
+    pub key: TopicKey,
+    pub sub_id: SubId,
+    pub broadcast_self: bool,
+    pub broadcast_ack: bool,
+    /// Token the channel is authorized with (to ignore identical `access_token` refreshes).
+    pub token: String,
+    /// Token `exp` (Unix seconds) and the matching local deadline (`None`: beyond any timer).
+    pub exp: i64,
+    pub expires_at: Option<Instant>,
+}
+
+/// Local deadline of a Unix `exp`, seen from `now_unix`.
+pub fn deadline(exp: i64, now_unix: i64) -> Option<Instant> {
+    let secs = u64::try_from(exp.saturating_sub(now_unix)).unwrap_or(0);
+    Instant::now().checked_add(Duration::from_secs(secs))
+}
+
+#[derive(Default)]
+pub struct ChannelTable {
+    channels: HashMap<String, Channel>,
+}
+
+impl ChannelTable {
+    pub fn get(&self, topic: &str) -> Option<&Channel> {
+        self.channels.get(topic)
+    }
+
+    pub fn get_mut(&mut self, topic: &str) -> Option<&mut Channel> {
+        self.channels.get_mut(topic)
+    }
+
+    pub fn insert(&mut self, topic: String, channel: Channel) {
+        self.channels.insert(topic, channel);
+    }
+
+    pub fn remove(&mut self, topic: &str) -> Option<Channel> {
+        self.channels.remove(topic)
+    }
+
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn drain(&mut self) -> impl Iterator<Item = (String, Channel)> + '_ {
+        self.channels.drain()
+    }
+
+    /// The earliest token expiry among joined channels.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.channels.values().filter_map(|c| c.expires_at).min()
+    }
+
+    /// Topics whose token has expired at `now`.
+    pub fn expired(&self, now: Instant) -> Vec<String> {
+        self.channels
+            .iter()
+            .filter(|(_, c)| c.expires_at.is_some_and(|at| at <= now))
+            .map(|(topic, _)| topic.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn topic_rules() {
+        assert_eq!(sub_topic("realtime:room1"), Some("room1"));
+        assert_eq!(sub_topic("realtime:a:b:c"), Some("a:b:c"));
+        assert_eq!(sub_topic("realtime:"), Some(""));
+        assert_eq!(sub_topic("phoenix"), None);
+        assert_eq!(sub_topic("room1"), None);
+        assert_eq!(sub_topic("Realtime:room1"), None);
+    }
+
+    #[test]
+    fn parses_observed_join_configs() {
+        let c = JoinConfig::parse(&json!({"config":{
+            "broadcast":{"self":true,"ack":true},
+            "presence":{"key":"user-1","enabled":true},
+            "postgres_changes":[],"private":false},"access_token":"T"}));
+        assert_eq!(
+            c,
+            JoinConfig {
+                broadcast_self: true,
+                broadcast_ack: true,
+                presence_enabled: true,
+                ..Default::default()
+            }
+        );
+        let c = JoinConfig::parse(
+            &json!({"config":{"private":"TRUE","broadcast":{"self":"false","ack":1},
+            "postgres_changes":[{"event":"INSERT","schema":"public"}, null]}}),
+        );
+        assert!(c.private && !c.broadcast_self && !c.broadcast_ack);
+        assert_eq!(c.postgres_changes.len(), 1);
+        assert_eq!(JoinConfig::parse(&json!("garbage")), JoinConfig::default());
+        assert_eq!(
+            JoinConfig::parse(&json!({"config":{"broadcast":7}})),
+            JoinConfig::default()
+        );
+    }
+
+    #[test]
+    fn token_selection() {
+        let conn = "CONN";
+        assert_eq!(join_token(&json!({}), conn), "CONN");
+        assert_eq!(join_token(&json!({"access_token":"A"}), conn), "A");
+        assert_eq!(
+            join_token(&json!({"access_token":"sb_publishable_x"}), conn),
+            "CONN"
+        );
+        assert_eq!(
+            join_token(&json!({"access_token":"A","user_token":"U"}), conn),
+            "U"
+        );
+        assert_eq!(join_token(&json!({"user_token":"U"}), conn), "U");
+        assert_eq!(join_token(&json!({"access_token":null}), conn), "CONN");
+        assert_eq!(join_token(&json!({"access_token":42}), conn), "CONN");
+    }
+
+    #[test]
+    fn postgres_change_echo_keeps_entry_and_adds_numeric_id() {
+        let entry = json!({"event":"INSERT","schema":"public","table":"todos","filter":"id=eq.1"});
+        let Value::Object(map) = entry else {
+            unreachable!()
+        };
+        let echo = postgres_change_echo(&map);
+        let keys: Vec<_> = echo
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["event", "schema", "table", "filter", "id"]);
+        assert!(echo["id"].as_u64().is_some_and(|id| id < (1 << 27)));
+        assert_eq!(echo, postgres_change_echo(&map), "ids are stable");
+    }
+}

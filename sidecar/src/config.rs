@@ -1,0 +1,124 @@
+//! Command-line / environment configuration (clap). Every flag has an environment variable of
+//! the same name in upper snake case; flags win over the environment.
+//!
+//! Invariants: values are validated at parse time (sizes and counts are ≥ 1, the database URL
+//! parses), so the rest of the crate never re-checks them. Secrets (`JWT_SECRET`, the password in
+//! `DATABASE_URL`) are never printed: `--help` hides their environment values and [`Config`] has
+//! no `Debug`.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Parser, Clone)]
+#[command(name = "pg-realtime-sidecar", version, about)]
+pub struct Config {
+    /// PostgreSQL connection string of the database with the pg_realtime extension.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
+    pub database_url: String,
+
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 4000)]
+    pub port: u16,
+
+    /// HS256/384/512 secret that signs API keys and user JWTs.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+
+    /// Largest WebSocket frame/message accepted from a client, in bytes.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 5_000_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_frame_bytes: u32,
+
+    /// Delay before refusing a connection whose token is missing or invalid (damps reconnect loops).
+    #[arg(long, env = "CONNECT_ERROR_BACKOFF_MS", default_value_t = 2000)]
+    pub connect_error_backoff_ms: u64,
+
+    /// Delay before replying to a failed channel join (damps client rejoin loops).
+    #[arg(long, env = "CHANNEL_ERROR_BACKOFF_MS", default_value_t = 5000)]
+    pub channel_error_backoff_ms: u64,
+
+    /// Poll the queue at least this often even without a wake-up notification.
+    #[arg(long, env = "POLL_FALLBACK_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub poll_fallback_ms: u64,
+
+    /// Maximum rows fetched by one `realtime._poll` call.
+    #[arg(long, env = "POLL_BATCH", default_value_t = 2000,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub poll_batch: i32,
+
+    /// Frames a connection may have queued for sending before it is closed as too slow.
+    #[arg(long, env = "CLIENT_QUEUE_FRAMES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_queue_frames: u32,
+
+    /// Channels one connection may have joined at once.
+    #[arg(long, env = "MAX_CHANNELS_PER_CLIENT", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_channels_per_client: u32,
+}
+
+impl Config {
+    pub fn connect_error_backoff(&self) -> Duration {
+        Duration::from_millis(self.connect_error_backoff_ms)
+    }
+
+    pub fn channel_error_backoff(&self) -> Duration {
+        Duration::from_millis(self.channel_error_backoff_ms)
+    }
+
+    pub fn poll_fallback(&self) -> Duration {
+        Duration::from_millis(self.poll_fallback_ms)
+    }
+}
+
+fn parse_database_url(url: &str) -> Result<String, String> {
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| url.to_owned())
+        .map_err(|e| format!("invalid database URL: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::try_parse_from([
+            "x",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "--jwt-secret",
+            "s",
+        ])
+        .expect("valid arguments");
+        assert_eq!(c.host, "127.0.0.1");
+        assert_eq!(c.port, 4000);
+        assert_eq!(c.max_frame_bytes, 5_000_000);
+        assert_eq!(c.connect_error_backoff_ms, 2000);
+        assert_eq!(c.channel_error_backoff_ms, 5000);
+        assert_eq!(c.poll_fallback_ms, 500);
+        assert_eq!(c.poll_batch, 2000);
+        assert_eq!(c.client_queue_frames, 1024);
+        assert_eq!(c.max_channels_per_client, 100);
+    }
+
+    #[test]
+    fn rejects_zero_queue() {
+        let r = Config::try_parse_from([
+            "x",
+            "--database-url",
+            "postgres://localhost/db",
+            "--jwt-secret",
+            "s",
+            "--client-queue-frames",
+            "0",
+        ]);
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! The sidecar's one error catalogue: every string a client can see and every WebSocket close
+//! code the server sends is defined here and nowhere else.
+//!
+//! Invariants:
+//! * Texts are byte-for-byte those of Supabase Realtime (`/work/shared/PROTOCOL.md` §1.3, §3.5,
+//!   §7.1): clients and dashboards match on them.
+//! * Connect errors become an HTTP refusal `{"error": msg}` (the client never reads the body, but
+//!   operators and tests do); join errors become a `phx_reply` `reason`; channel shutdowns a
+//!   `system` message followed by `phx_close`; socket-level failures a close code.
+//! * Close codes: 1000–1015 are RFC 6455 codes used with their standard meaning; 4000–4099 are
+//!   this server's own. realtime-js reconnects after *any* server close, so no code is terminal;
+//!   the code only tells operators why.
+
+use std::borrow::Cow;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use thiserror::Error;
+
+/// `reason` of the Phoenix-level reply to a push for a topic this socket has not joined.
+pub const UNMATCHED_TOPIC: &str = "unmatched topic";
+
+/// Pushed as a `postgres_changes` system error until Postgres Changes are implemented.
+pub const POSTGRES_CHANGES_DISABLED: &str = "Postgres Changes are not enabled on this server yet";
+
+/// Why a JWT was refused. `Display` is the bare message (used as-is in connect refusals and in
+/// channel-shutdown system messages).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AuthError {
+    #[error("The token provided is not a valid JWT")]
+    Malformed,
+    #[error("Failed to validate JWT signature")]
+    Signature,
+    /// The header names an algorithm this server has no key for (only HS256/384/512 are).
+    #[error("Failed to generate JWT signer, check your JWT secret or JWKS configuration")]
+    Signer,
+    #[error("Fields `role` and `exp` are required in JWT")]
+    MissingClaims,
+    #[error("Token has expired {secs_ago} seconds ago")]
+    Expired { secs_ago: i64 },
+    #[error("Token expiration time is invalid")]
+    InvalidExp,
+}
+
+impl AuthError {
+    /// Message of the HTTP refusal at connect time (§1.3 has no "N seconds ago" there).
+    pub fn connect_message(&self) -> Cow<'static, str> {
+        match self {
+            AuthError::Expired { .. } => Cow::Borrowed("Token has expired"),
+            other => Cow::Owned(other.to_string()),
+        }
+    }
+
+    /// `<Code>: <message>` join-reply reason (§3.5).
+    pub fn join_reason(&self) -> String {
+        let code = match self {
+            AuthError::Malformed => "MalformedJWT",
+            AuthError::Signature => "JwtSignatureError",
+            AuthError::Signer => "JwtSignerError",
+            AuthError::MissingClaims | AuthError::Expired { .. } | AuthError::InvalidExp => {
+                "InvalidJWTToken"
+            }
+        };
+        format!("{code}: {self}")
+    }
+
+    /// System message that closes a channel after a failed `access_token` refresh (§7.1).
+    /// Realtime sends the inspected error term for a bad signature.
+    pub fn refresh_message(&self) -> String {
+        match self {
+            AuthError::Signature => ":signature_error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Refusal of the WebSocket upgrade.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("API key is missing")]
+    MissingApiKey,
+    #[error("{}", .0.connect_message())]
+    Auth(#[from] AuthError),
+    #[error("Unsupported serializer version")]
+    UnsupportedVsn,
+}
+
+impl ConnectError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ConnectError::MissingApiKey | ConnectError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ConnectError::UnsupportedVsn => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl IntoResponse for ConnectError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.to_string() });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// A refused `phx_join`; `Display` is the reply's `reason`.
+#[derive(Debug, Error)]
+pub enum JoinError {
+    #[error("TopicNameRequired: You must provide a topic name")]
+    TopicNameRequired,
+    #[error("ChannelRateLimitReached: Too many channels")]
+    TooManyChannels,
+    #[error("{}", .0.join_reason())]
+    Auth(#[from] AuthError),
+    /// Private channels are refused until RLS authorization exists: never allow them silently.
+    #[error("Unauthorized: You do not have permissions to read from this Channel topic: {0}")]
+    Unauthorized(String),
+}
+
+/// A client frame that could not be decoded. Logged and ignored; the socket stays open.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("invalid JSON message: {0}")]
+    Json(String),
+    #[error("v2 text frame must be an array [join_ref, ref, topic, event, payload, ...]")]
+    ArrayShape,
+    #[error("binary frame too short for its header")]
+    Truncated,
+    #[error("binary frame lengths exceed the frame size")]
+    LengthMismatch,
+    #[error("unsupported binary frame kind {0}")]
+    UnsupportedKind(u8),
+    #[error("unsupported payload encoding {0}")]
+    UnsupportedEncoding(u8),
+    #[error("binary frame field {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("binary frame {0} is not valid JSON")]
+    BadJson(&'static str),
+    #[error("binary frames are not part of serializer v1")]
+    BinaryOnV1,
+}
+
+/// Why the queue reader lost its database session (it reconnects with backoff).
+#[derive(Debug, Error)]
+pub enum QueueError {
+    #[error("database error: {}", pg_detail(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database connection closed")]
+    ConnectionClosed,
+    #[error("queue payload is not valid JSON")]
+    BadPayload,
+    #[error("database query timed out")]
+    Timeout,
+}
+
+/// tokio-postgres errors display as e.g. "db error"; the useful part is the server message or
+/// the underlying I/O error.
+fn pg_detail(err: &tokio_postgres::Error) -> String {
+    match (err.as_db_error(), std::error::Error::source(err)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(source)) => format!("{err}: {source}"),
+        (None, None) => err.to_string(),
+    }
+}
+
+/// Why the server ends a WebSocket; mapped to the close frame it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close frame or the TCP stream ended.
+    ClientClosed,
+    /// SIGTERM/SIGINT: the server drains.
+    ServerShutdown,
+    /// No inbound frame for 60 s (Phoenix's websocket timeout; the client heartbeats every 25 s).
+    IdleTimeout,
+    /// The connection's bounded outbound queue was full: it cannot keep up and must not slow
+    /// anyone else down.
+    SlowClient,
+    /// The WebSocket stream reported an error (oversize frame, protocol violation, reset).
+    ReadFailed,
+    /// Writing to the socket failed.
+    WriteFailed,
+}
+
+impl CloseReason {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::ClientClosed | CloseReason::IdleTimeout => 1000,
+            CloseReason::ServerShutdown => 1001,
+            CloseReason::ReadFailed => 1002,
+            CloseReason::WriteFailed => 1011,
+            CloseReason::SlowClient => 4001,
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client closed",
+            CloseReason::ServerShutdown => "server shutting down",
+            CloseReason::IdleTimeout => "idle timeout",
+            CloseReason::SlowClient => "slow client: outbound queue full",
+            CloseReason::ReadFailed => "read error",
+            CloseReason::WriteFailed => "write error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_reasons_match_realtime() {
+        assert_eq!(
+            JoinError::from(AuthError::Expired { secs_ago: 3 }).to_string(),
+            "InvalidJWTToken: Token has expired 3 seconds ago"
+        );
+        assert_eq!(
+            JoinError::from(AuthError::MissingClaims).to_string(),
+            "InvalidJWTToken: Fields `role` and `exp` are required in JWT"
+        );
+        assert_eq!(
+            JoinError::from(AuthError::Malformed).to_string(),
+            "MalformedJWT: The token provided is not a valid JWT"
+        );
+        assert_eq!(
+            JoinError::from(AuthError::Signature).to_string(),
+            "JwtSignatureError: Failed to validate JWT signature"
+        );
+        assert_eq!(
+            JoinError::Unauthorized("room1".into()).to_string(),
+            "Unauthorized: You do not have permissions to read from this Channel topic: room1"
+        );
+    }
+
+    #[test]
+    fn connect_messages_match_realtime() {
+        let expired = ConnectError::from(AuthError::Expired { secs_ago: 9 });
+        assert_eq!(expired.to_string(), "Token has expired");
+        assert_eq!(expired.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            ConnectError::MissingApiKey.to_string(),
+            "API key is missing"
+        );
+        assert_eq!(
+            ConnectError::UnsupportedVsn.status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! pg-realtime-sidecar: a Supabase Realtime-compatible WebSocket server. Clients speak the
+//! Phoenix protocol of `@supabase/realtime-js`; messages come from the pg_realtime extension's
+//! queue (`realtime._poll`) and from other clients.
+//!
+//! Module map (each module's header states its invariants):
+//! * [`config`] — CLI/env settings; [`app`] — shared state and router; `main.rs` — process
+//!   lifecycle.
+//! * `ws` — WebSocket upgrade and the reader/writer halves of a connection; `session` — the
+//!   per-connection protocol state machine; `channel` — its channel table and join rules.
+//! * `codec` — serializers v1/v2; `auth` — JWT verification; `fanout` — topic registry and
+//!   bounded per-connection queues; [`queue`] — the Postgres reader; `error` — the catalogue of
+//!   client-visible errors and close codes.
+#![forbid(unsafe_code)]
+
+pub mod app;
+mod auth;
+mod channel;
+mod codec;
+pub mod config;
+mod error;
+mod fanout;
+pub mod queue;
+mod session;
+mod ws;
