@@ -1,0 +1,159 @@
+//! Supabase Realtime v2 binary "user broadcast" frames (kind 4, PROTOCOL.md §1.7) and the tiny
+//! payload scanner the load generator uses to read the producer's `t`/`n`/`s` fields.
+
+/// `04 topic_len event_len meta_len enc | topic | event | meta | payload`.
+pub fn encode_kind4(topic: &str, event: &str, meta: &[u8], json_payload: &[u8]) -> Vec<u8> {
+    assert!(topic.len() <= 255 && event.len() <= 255 && meta.len() <= 255);
+    let mut f = Vec::with_capacity(5 + topic.len() + event.len() + meta.len() + json_payload.len());
+    f.extend_from_slice(&[4, topic.len() as u8, event.len() as u8, meta.len() as u8, 1]);
+    f.extend_from_slice(topic.as_bytes());
+    f.extend_from_slice(event.as_bytes());
+    f.extend_from_slice(meta);
+    f.extend_from_slice(json_payload);
+    f
+}
+
+/// A decoded kind-4 frame (borrowed).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Kind4<'a> {
+    pub topic: &'a [u8],
+    pub event: &'a [u8],
+    pub meta: &'a [u8],
+    pub encoding: u8,
+    pub payload: &'a [u8],
+}
+
+pub fn decode_kind4(b: &[u8]) -> Option<Kind4<'_>> {
+    if b.len() < 5 || b[0] != 4 {
+        return None;
+    }
+    let (tl, el, ml) = (b[1] as usize, b[2] as usize, b[3] as usize);
+    let start = 5;
+    if b.len() < start + tl + el + ml {
+        return None;
+    }
+    let topic = &b[start..start + tl];
+    let event = &b[start + tl..start + tl + el];
+    let meta = &b[start + tl + el..start + tl + el + ml];
+    Some(Kind4 {
+        topic,
+        event,
+        meta,
+        encoding: b[4],
+        payload: &b[start + tl + el + ml..],
+    })
+}
+
+/// Producer fields carried in every benchmark payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Wall-clock microseconds taken just before the producing statement.
+    pub t: i64,
+    /// Global message sequence number (unique per run).
+    pub n: i64,
+    /// Step id the message belongs to.
+    pub s: i64,
+}
+
+/// Reads the integer value of a top-level `"key"` in flat JSON text such as
+/// `{"n": 1, "s": 2, "t": 3}` (jsonb output) or `{"t" : 3, "n" : 1, "s" : 2}` (json_build_object).
+fn int_field(p: &[u8], key: u8) -> Option<i64> {
+    let mut i = 0;
+    while i + 2 < p.len() {
+        if p[i] == b'"' && p[i + 1] == key && p[i + 2] == b'"' {
+            let mut j = i + 3;
+            while j < p.len() && (p[j] == b' ' || p[j] == b':') {
+                j += 1;
+            }
+            let neg = j < p.len() && p[j] == b'-';
+            if neg {
+                j += 1;
+            }
+            let d0 = j;
+            let mut v: i64 = 0;
+            while j < p.len() && p[j].is_ascii_digit() {
+                v = v.checked_mul(10)?.checked_add((p[j] - b'0') as i64)?;
+                j += 1;
+            }
+            if j == d0 {
+                return None;
+            }
+            return Some(if neg { -v } else { v });
+        }
+        i += 1;
+    }
+    None
+}
+
+pub fn parse_stamp(payload: &[u8]) -> Option<Stamp> {
+    Some(Stamp {
+        t: int_field(payload, b't')?,
+        n: int_field(payload, b'n')?,
+        s: int_field(payload, b's')?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind4_roundtrip_matches_protocol_example() {
+        let f = encode_kind4("realtime:room1", "cursor", b"", br#"{"x":1}"#);
+        let mut want = vec![4u8, 0x0e, 0x06, 0x00, 0x01];
+        want.extend_from_slice(b"realtime:room1cursor{\"x\":1}");
+        assert_eq!(f, want);
+        let d = decode_kind4(&f).unwrap();
+        assert_eq!(d.topic, b"realtime:room1");
+        assert_eq!(d.event, b"cursor");
+        assert_eq!(d.meta, b"");
+        assert_eq!(d.encoding, 1);
+        assert_eq!(d.payload, br#"{"x":1}"#);
+    }
+
+    #[test]
+    fn kind4_with_meta() {
+        let f = encode_kind4(
+            "realtime:room1",
+            "bin-evt",
+            br#"{"id":"abc"}"#,
+            br#"{"hello":"bin"}"#,
+        );
+        let d = decode_kind4(&f).unwrap();
+        assert_eq!(d.meta, br#"{"id":"abc"}"#);
+        assert_eq!(d.payload, br#"{"hello":"bin"}"#);
+    }
+
+    #[test]
+    fn kind4_rejects_short_or_other_kinds() {
+        assert!(decode_kind4(&[4, 10, 0, 0, 1, b'a']).is_none());
+        assert!(decode_kind4(&[2, 0, 0, 0, 1]).is_none());
+        assert!(decode_kind4(&[]).is_none());
+    }
+
+    #[test]
+    fn stamps_from_jsonb_and_json_text() {
+        let jsonb = br#"{"n": 17, "s": 3, "t": 1712345678901234}"#;
+        assert_eq!(
+            parse_stamp(jsonb),
+            Some(Stamp {
+                t: 1712345678901234,
+                n: 17,
+                s: 3
+            })
+        );
+        let json = br#"{"t" : 1712345678901234, "n" : 17, "s" : 3}"#;
+        assert_eq!(
+            parse_stamp(json),
+            Some(Stamp {
+                t: 1712345678901234,
+                n: 17,
+                s: 3
+            })
+        );
+        let compact = br#"{"t":5,"n":-1,"s":0,"id":"x"}"#;
+        assert_eq!(parse_stamp(compact), Some(Stamp { t: 5, n: -1, s: 0 }));
+        assert_eq!(parse_stamp(br#"{"t":5}"#), None);
+        assert_eq!(parse_stamp(br#"{"t":"x","n":1,"s":1}"#), None);
+    }
+}

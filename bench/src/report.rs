@@ -1,0 +1,521 @@
+//! Assembles bench/report/report.json and report.md from the raw results of one run.
+use crate::loadgen::{FanoutResult, StepResult};
+use crate::writers::WritersResult;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub id: String,
+    pub title: String,
+    pub unit: String,
+    pub value: Option<f64>,
+    pub baseline: Option<f64>,
+    pub baseline_name: String,
+    pub ratio: Option<f64>,
+    /// Human-readable target.
+    pub target: String,
+    /// ratio_min | ratio_max | max | reference
+    pub target_kind: String,
+    pub target_value: Option<f64>,
+    /// None: no target (reference figure) or not measurable.
+    pub pass: Option<bool>,
+    pub params: Value,
+    pub note: Option<String>,
+}
+
+fn ratio(v: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (v, b) {
+        (Some(v), Some(b)) if b > 0.0 => Some(v / b),
+        _ => None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fig(
+    id: &str,
+    title: &str,
+    unit: &str,
+    value: Option<f64>,
+    baseline: Option<f64>,
+    baseline_name: &str,
+    kind: &str,
+    target_value: Option<f64>,
+    params: Value,
+) -> Figure {
+    let r = ratio(value, baseline);
+    let (target, pass) = match (kind, target_value) {
+        ("ratio_min", Some(t)) => (format!(">= {t}x baseline"), r.map(|r| r >= t)),
+        ("ratio_max", Some(t)) => (format!("<= {t}x baseline"), r.map(|r| r <= t)),
+        ("max", Some(t)) => (format!("<= {t} {unit}"), value.map(|v| v <= t)),
+        _ => ("reference (no target)".to_string(), None),
+    };
+    // A missing measurement of a figure that has a target is a miss.
+    let pass = if kind == "reference" {
+        None
+    } else {
+        Some(pass.unwrap_or(false))
+    };
+    Figure {
+        id: id.into(),
+        title: title.into(),
+        unit: unit.into(),
+        value,
+        baseline,
+        baseline_name: baseline_name.into(),
+        ratio: r,
+        target,
+        target_kind: kind.into(),
+        target_value,
+        pass,
+        params,
+        note: None,
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn read<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T, String> {
+    let s = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    serde_json::from_str(&s).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn step_latency(s: &Option<StepResult>) -> (Option<f64>, Option<f64>) {
+    match s {
+        Some(s) if s.latency.samples > 0 => {
+            (Some(ms(s.latency.p50_us)), Some(ms(s.latency.p99_us)))
+        }
+        _ => (None, None),
+    }
+}
+
+pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
+    let mut problems: Vec<String> = vec![];
+    let meta: Value = read(&raw.join("meta.json")).unwrap_or_else(|e| {
+        problems.push(format!("meta: {e}"));
+        json!({})
+    });
+    let load = |name: &str, problems: &mut Vec<String>| -> Option<FanoutResult> {
+        match read::<FanoutResult>(&raw.join(format!("fanout-{name}.json"))) {
+            Ok(r) => {
+                if let Some(e) = &r.error {
+                    problems.push(format!("fan-out run against the {name} failed: {e}"));
+                }
+                Some(r)
+            }
+            Err(e) => {
+                problems.push(format!("fan-out results of the {name} missing: {e}"));
+                None
+            }
+        }
+    };
+    let side = load("sidecar", &mut problems);
+    let relay = load("relay", &mut problems);
+    let writers: Option<WritersResult> = match read(&raw.join("writers.json")) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            problems.push(format!("writer results missing: {e}"));
+            None
+        }
+    };
+    if let Some(e) = writers.as_ref().and_then(|w| w.error.clone()) {
+        problems.push(format!("writer benchmark failed: {e}"));
+    }
+
+    let mut figs: Vec<Figure> = vec![];
+    let subs = side
+        .as_ref()
+        .or(relay.as_ref())
+        .map(|r| r.subscribers)
+        .unwrap_or(0);
+
+    // 1a. Throughput.
+    let best = |r: &Option<FanoutResult>| {
+        r.as_ref()
+            .and_then(|r| r.best.as_ref())
+            .map(|b| b.deliveries_per_s)
+    };
+    let best_rate = |r: &Option<FanoutResult>| {
+        r.as_ref()
+            .and_then(|r| r.best.as_ref())
+            .map(|b| b.target_rate)
+    };
+    let mut f = fig(
+        "fanout_throughput",
+        &format!("SQL broadcast -> 1 topic x {subs} subscribers: max deliveries/s with p99 <= 100 ms, no loss"),
+        "deliveries/s",
+        best(&side),
+        best(&relay),
+        "LISTEN/NOTIFY relay",
+        "ratio_min",
+        Some(0.8),
+        json!({
+            "subscribers": subs,
+            "step_seconds": side.as_ref().and_then(|r| r.throughput_steps.first()).map(|s| s.produced.sent as f64 / s.target_rate),
+            "sidecar_best_msgs_per_s": best_rate(&side),
+            "relay_best_msgs_per_s": best_rate(&relay),
+            "search": "double the producer rate from the start rate until a step fails (a step that missed only the p99 limit, by at most 50%, is re-run once), then bisect to within 10%",
+            "step_pass": "all messages sent at >= 97% of the target rate, every delivery within 1 s of the last send, p99 <= 100 ms, no loss, no disconnect",
+            "producer_connections": side.as_ref().map(|r| r.producer_connections),
+        }),
+    );
+    f.note = Some(format!(
+        "sidecar: {}; relay: {}",
+        side.as_ref()
+            .map(|r| if r.search_note.is_empty() {
+                "search converged".into()
+            } else {
+                r.search_note.clone()
+            })
+            .unwrap_or_default(),
+        relay
+            .as_ref()
+            .map(|r| if r.search_note.is_empty() {
+                "search converged".into()
+            } else {
+                r.search_note.clone()
+            })
+            .unwrap_or_default()
+    ));
+    figs.push(f);
+
+    // 1b. Latency at a fixed rate.
+    let lat_params = |r: &Option<FanoutResult>| {
+        r.as_ref().and_then(|r| r.latency.as_ref()).map(|l| {
+            json!({"msgs_per_s": l.target_rate, "subscribers": l.subscribers,
+                   "deliveries_per_s": l.target_rate * l.subscribers as f64, "messages": l.produced.sent,
+                   "measured_from": "producer wall clock just before the statement",
+                   "measured_to": "kind-4 frame parsed by the subscriber"})
+        })
+    };
+    let (s50, s99) = step_latency(&side.as_ref().and_then(|r| r.latency.clone()));
+    let (r50, r99) = step_latency(&relay.as_ref().and_then(|r| r.latency.clone()));
+    figs.push(fig(
+        "fanout_latency_p50",
+        "Send-to-client latency p50 at 10k deliveries/s",
+        "ms",
+        s50,
+        r50,
+        "LISTEN/NOTIFY relay",
+        "ratio_max",
+        Some(1.2),
+        lat_params(&side).unwrap_or(Value::Null),
+    ));
+    figs.push(fig(
+        "fanout_latency_p99",
+        "Send-to-client latency p99 at 10k deliveries/s",
+        "ms",
+        s99,
+        r99,
+        "LISTEN/NOTIFY relay",
+        "ratio_max",
+        Some(1.2),
+        lat_params(&side).unwrap_or(Value::Null),
+    ));
+    let lost = |r: &Option<FanoutResult>| {
+        r.as_ref()
+            .and_then(|r| r.latency.as_ref())
+            .map(|l| l.lost as f64)
+    };
+    let mut f = fig(
+        "fanout_latency_loss",
+        "Deliveries lost in the latency test",
+        "deliveries",
+        lost(&side),
+        lost(&relay),
+        "LISTEN/NOTIFY relay",
+        "max",
+        Some(0.0),
+        json!({"wait_for_stragglers_s": 12}),
+    );
+    f.ratio = None;
+    if let Some(l) = side.as_ref().and_then(|r| r.latency.as_ref()) {
+        f.note = Some(format!(
+            "expected {}, on time {}, late {}, lost {}",
+            l.expected_deliveries, l.on_time, l.late, l.lost
+        ));
+    }
+    figs.push(f);
+
+    // 3. Idle wake-up.
+    let idle_params = side.as_ref().and_then(|r| r.idle.as_ref()).map(|i| {
+        json!({"messages": i.produced.sent, "spacing_ms": (1000.0 / i.target_rate).round(), "subscribers": i.subscribers})
+    });
+    let (i50, i99) = step_latency(&side.as_ref().and_then(|r| r.idle.clone()));
+    let (b50, b99) = step_latency(&relay.as_ref().and_then(|r| r.idle.clone()));
+    figs.push(fig(
+        "idle_wakeup_p50",
+        "Idle wake-up latency p50 (single broadcasts ~50 ms apart)",
+        "ms",
+        i50,
+        b50,
+        "LISTEN/NOTIFY relay",
+        "max",
+        Some(5.0),
+        idle_params.clone().unwrap_or(Value::Null),
+    ));
+    figs.push(fig(
+        "idle_wakeup_p99",
+        "Idle wake-up latency p99 (single broadcasts ~50 ms apart)",
+        "ms",
+        i99,
+        b99,
+        "LISTEN/NOTIFY relay",
+        "max",
+        Some(10.0),
+        idle_params.unwrap_or(Value::Null),
+    ));
+    if let Some(i) = side.as_ref().and_then(|r| r.idle.as_ref()) {
+        if i.lost > 0 {
+            problems.push(format!(
+                "idle wake-up test lost {} of {} messages",
+                i.lost, i.expected_deliveries
+            ));
+        }
+    }
+
+    // 2. Writers.
+    if let Some(w) = &writers {
+        let best = |shape: &str, variant: &str| {
+            w.runs
+                .iter()
+                .filter(|r| r.shape == shape && r.variant == variant)
+                .filter_map(|r| r.tps)
+                .fold(None, |a: Option<f64>, t| Some(a.map_or(t, |a| a.max(t))))
+        };
+        for (shape, title) in [
+            ("one_statement", "one-statement INSERT"),
+            ("transaction", "BEGIN; INSERT; ...; END"),
+        ] {
+            let plain = best(shape, "plain");
+            let p = json!({"shape": shape, "pgbench": w.params, "plain_tps": plain});
+            figs.push(fig(
+                &format!("writer_{shape}_broadcast"),
+                &format!("Writer tps, {title} + realtime.broadcast"),
+                "tps",
+                best(shape, "broadcast"),
+                plain,
+                "same shape without broadcast",
+                "ratio_min",
+                Some(0.8),
+                p.clone(),
+            ));
+            let mut f = fig(
+                &format!("writer_{shape}_notify"),
+                &format!("Writer tps, {title} + pg_notify (reference: the NOTIFY design)"),
+                "tps",
+                best(shape, "notify"),
+                plain,
+                "same shape without notify",
+                "reference",
+                None,
+                p,
+            );
+            f.note =
+                Some("why the design matters: a NOTIFY per transaction serializes commits".into());
+            figs.push(f);
+        }
+        for r in &w.runs {
+            if let Some(e) = &r.error {
+                problems.push(format!("pgbench {} round {}: {e}", r.script, r.round));
+            }
+        }
+    }
+
+    let run_ok = problems.is_empty();
+    let missed: Vec<&Figure> = figs.iter().filter(|f| f.pass == Some(false)).collect();
+    let report = json!({
+        "benchmark": "pg_realtime",
+        "meta": meta,
+        "run_completed": run_ok,
+        "problems": problems,
+        "targets_met": missed.is_empty(),
+        "targets_missed": missed.iter().map(|f| f.id.clone()).collect::<Vec<_>>(),
+        "figures": figs,
+        "details": {"fanout": {"sidecar": side, "relay": relay}, "writers": writers},
+    });
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(
+        out.join("report.md"),
+        markdown(&report, &figs, &side, &relay, &writers),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(run_ok)
+}
+
+fn num(v: Option<f64>, unit: &str) -> String {
+    match v {
+        None => "n/a".into(),
+        Some(v) if unit == "ms" => format!("{v:.2} ms"),
+        Some(v) if v >= 1000.0 || v.fract() == 0.0 => format!("{:.0}", v),
+        Some(v) => format!("{v:.1}"),
+    }
+}
+
+fn markdown(
+    report: &Value,
+    figs: &[Figure],
+    side: &Option<FanoutResult>,
+    relay: &Option<FanoutResult>,
+    writers: &Option<WritersResult>,
+) -> String {
+    let mut m = String::new();
+    m.push_str("# pg_realtime benchmark\n\n");
+    let meta = &report["meta"];
+    m.push_str(&format!(
+        "Run {} on {} ({} cores, load average at start {}), git {}. Everything (Postgres, sidecar or relay, load generator) shares this machine; figures are ratios to baselines measured in the same run.\n\n",
+        meta["started_at"].as_str().unwrap_or("?"),
+        meta["host"].as_str().unwrap_or("?"),
+        meta["nproc"].as_str().unwrap_or("?"),
+        meta["loadavg_start"].as_str().unwrap_or("?"),
+        meta["git_rev"].as_str().unwrap_or("?"),
+    ));
+    if report["run_completed"] != true {
+        m.push_str("**The run did not complete cleanly:**\n\n");
+        for p in report["problems"].as_array().into_iter().flatten() {
+            m.push_str(&format!("- {}\n", p.as_str().unwrap_or("")));
+        }
+        m.push('\n');
+    }
+    m.push_str("| Figure | pg_realtime | Baseline | Ratio | Target | Result |\n|---|---|---|---|---|---|\n");
+    for f in figs {
+        let res = match f.pass {
+            Some(true) => "pass".to_string(),
+            Some(false) => "**MISSED**".to_string(),
+            None => "reference".to_string(),
+        };
+        m.push_str(&format!(
+            "| {} | {} {} | {} ({}) | {} | {} | {} |\n",
+            f.title,
+            num(f.value, &f.unit),
+            if f.unit == "ms" { "" } else { &f.unit },
+            num(f.baseline, &f.unit),
+            f.baseline_name,
+            f.ratio
+                .map(|r| format!("{r:.2}x"))
+                .unwrap_or_else(|| "-".into()),
+            f.target,
+            res
+        ));
+    }
+    let missed: Vec<&Figure> = figs.iter().filter(|f| f.pass == Some(false)).collect();
+    m.push('\n');
+    if missed.is_empty() {
+        m.push_str("All targets met in this run.\n\n");
+    } else {
+        m.push_str("**Targets missed in this run:**\n\n");
+        for f in &missed {
+            let got = match f.ratio {
+                Some(r) if f.target_kind.starts_with("ratio") => format!("{r:.2}x the baseline"),
+                _ => format!(
+                    "{} {}",
+                    num(f.value, &f.unit),
+                    if f.unit == "ms" { "" } else { &f.unit }
+                ),
+            };
+            m.push_str(&format!(
+                "- `{}`: {} — target {}\n",
+                f.id,
+                got.trim_end(),
+                f.target
+            ));
+        }
+        m.push('\n');
+    }
+    m.push_str("## Fan-out details\n\n");
+    for (name, r) in [
+        ("pg_realtime sidecar", side),
+        ("LISTEN relay (baseline)", relay),
+    ] {
+        let Some(r) = r else { continue };
+        m.push_str(&format!(
+            "**{name}** ({} subscribers, producer `{:?}`, {} producer connections)",
+            r.subscribers, r.mode, r.producer_connections
+        ));
+        if let Some(kb) = r.server_rss_kb_after_connect {
+            m.push_str(&format!(
+                ", server RSS with all subscribers joined {:.1} MB",
+                kb as f64 / 1024.0
+            ));
+        }
+        if let Some(e) = &r.error {
+            m.push_str(&format!(" — **error: {e}**"));
+        }
+        m.push_str("\n\n| Step | msgs/s (target) | deliveries/s | p50 ms | p99 ms | max ms | late | lost | server CPU us/delivery | pass |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        for s in r
+            .idle
+            .iter()
+            .chain(r.latency.iter())
+            .chain(r.throughput_steps.iter())
+        {
+            m.push_str(&format!(
+                "| {} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+                s.label,
+                s.achieved_rate,
+                s.target_rate,
+                s.deliveries_per_s,
+                ms(s.latency.p50_us),
+                ms(s.latency.p99_us),
+                ms(s.latency.max_us),
+                s.late,
+                s.lost,
+                s.server_cpu_us_per_delivery
+                    .map(|c| format!("{c:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                if s.label.starts_with("tp@") {
+                    if s.pass {
+                        "yes".to_string()
+                    } else {
+                        format!("no: {}", s.fail_reasons.join("; "))
+                    }
+                } else {
+                    "-".to_string()
+                }
+            ));
+        }
+        if !r.search_note.is_empty() {
+            m.push_str(&format!("\nThroughput search: {}.\n", r.search_note));
+        }
+        let c = &r.client_counters;
+        if c.disconnects > 0 || c.dups > 0 || c.bad_frames > 0 || c.other_text > 0 {
+            m.push_str(&format!(
+                "\nClient anomalies: {} disconnects (last error {:?}), {} duplicates, {} unparsable frames, {} unexpected text frames (last {:?}).\n",
+                c.disconnects, c.last_error, c.dups, c.bad_frames, c.other_text, c.last_other_text
+            ));
+        }
+        m.push('\n');
+    }
+    if let Some(w) = writers {
+        m.push_str(&format!(
+            "## Writer details\n\npgbench -c {} -j {} -T {}, simple protocol, {} rounds (best tps per script), UNLOGGED `bench_t`; the pg_realtime sidecar was connected and draining the queue during every run (no subscribers on topic `w`).\n\n| Script | round | tps | latency avg ms | sidecar CPU (cores) |\n|---|---|---|---|---|\n",
+            w.params["clients"], w.params["threads"], w.params["seconds_per_run"], w.params["rounds"]
+        ));
+        for r in &w.runs {
+            m.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.script,
+                r.round,
+                r.tps
+                    .map(|t| format!("{t:.0}"))
+                    .unwrap_or_else(|| "error".into()),
+                r.latency_avg_ms
+                    .map(|t| format!("{t:.3}"))
+                    .unwrap_or_default(),
+                r.sidecar_cores
+                    .map(|c| format!("{c:.2}"))
+                    .unwrap_or_default()
+            ));
+        }
+        m.push('\n');
+    }
+    m.push_str("Latency: from the producer's wall clock just before the producing statement to the kind-4 frame being parsed by the subscriber (same machine, same clock). Timings are never pass/fail tests; a missed target is reported here, not failed.\n");
+    m
+}

@@ -1,0 +1,230 @@
+//! Writer throughput: pgbench runs of the bench/*.sql scripts (plain INSERT vs INSERT +
+//! realtime.broadcast vs INSERT + pg_notify), in two shapes, alternating the order per round.
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+pub struct WritersOpts {
+    pub pgbench: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub db: String,
+    pub scripts_dir: PathBuf,
+    pub seconds: u64,
+    pub rounds: usize,
+    pub clients: u32,
+    pub threads: u32,
+    pub settle: Duration,
+    pub sidecar_running: bool,
+    /// When given, the sidecar's CPU time during each run is recorded.
+    pub sidecar_pid: Option<u32>,
+}
+
+/// (shape, variant, script file)
+pub const SCRIPTS: &[(&str, &str, &str)] = &[
+    ("one_statement", "plain", "w1_plain.sql"),
+    ("one_statement", "broadcast", "w1_broadcast.sql"),
+    ("one_statement", "notify", "w1_notify.sql"),
+    ("transaction", "plain", "wtx_plain.sql"),
+    ("transaction", "broadcast", "wtx_broadcast.sql"),
+    ("transaction", "notify", "wtx_notify.sql"),
+];
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PgbenchRun {
+    pub shape: String,
+    pub variant: String,
+    pub script: String,
+    pub round: usize,
+    pub tps: Option<f64>,
+    pub latency_avg_ms: Option<f64>,
+    pub transactions: Option<u64>,
+    pub failed: Option<u64>,
+    /// Sidecar CPU seconds per second of the run (cores busy), when its pid was given.
+    pub sidecar_cores: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WritersResult {
+    pub params: serde_json::Value,
+    pub runs: Vec<PgbenchRun>,
+    pub error: Option<String>,
+}
+
+pub fn parse_pgbench(out: &str) -> (Option<f64>, Option<f64>, Option<u64>, Option<u64>) {
+    let mut tps = None;
+    let mut lat = None;
+    let mut tx = None;
+    let mut failed = None;
+    for l in out.lines() {
+        let l = l.trim();
+        if let Some(r) = l.strip_prefix("tps = ") {
+            // PG 15: "tps = 123.4 (without initial connection time)"; older ones print two lines.
+            if tps.is_none()
+                || l.contains("without initial connection")
+                || l.contains("excluding connections")
+            {
+                tps = r.split_whitespace().next().and_then(|x| x.parse().ok());
+            }
+        } else if let Some(r) = l.strip_prefix("latency average = ") {
+            lat = r.split_whitespace().next().and_then(|x| x.parse().ok());
+        } else if let Some(r) = l.strip_prefix("number of transactions actually processed: ") {
+            tx = r
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|x| x.parse().ok());
+        } else if let Some(r) = l.strip_prefix("number of failed transactions: ") {
+            failed = r.split_whitespace().next().and_then(|x| x.parse().ok());
+        }
+    }
+    (tps, lat, tx, failed)
+}
+
+pub async fn run(o: &WritersOpts) -> WritersResult {
+    let mut res = WritersResult {
+        params: serde_json::json!({
+            "tool": "pgbench",
+            "clients": o.clients,
+            "threads": o.threads,
+            "seconds_per_run": o.seconds,
+            "rounds": o.rounds,
+            "protocol": "simple",
+            "table": "UNLOGGED bench_t(id bigserial primary key, v int), truncated before each run",
+            "aggregation": "best tps of the rounds per script (order alternates per round)",
+            "sidecar_connected_and_draining": o.sidecar_running,
+        }),
+        ..Default::default()
+    };
+    let dsn = format!(
+        "host={} port={} user={} dbname={}",
+        o.host, o.port, o.user, o.db
+    );
+    let client = match tokio_postgres::connect(&dsn, NoTls).await {
+        Ok((c, conn)) => {
+            tokio::spawn(conn);
+            c
+        }
+        Err(e) => {
+            res.error = Some(format!("connect: {e}"));
+            return res;
+        }
+    };
+    if let Err(e) = client
+        .batch_execute("drop table if exists bench_t; create unlogged table bench_t(id bigserial primary key, v int);")
+        .await
+    {
+        res.error = Some(format!("setup: {e}"));
+        return res;
+    }
+    for round in 0..o.rounds {
+        for shape in ["one_statement", "transaction"] {
+            let mut scripts: Vec<_> = SCRIPTS.iter().filter(|s| s.0 == shape).collect();
+            if round % 2 == 1 {
+                scripts.reverse();
+            }
+            for (shape, variant, file) in scripts {
+                if let Err(e) = client.batch_execute("truncate bench_t").await {
+                    res.error = Some(format!("truncate: {e}"));
+                    return res;
+                }
+                tokio::time::sleep(o.settle).await;
+                let path = o.scripts_dir.join(file);
+                let mut run = PgbenchRun {
+                    shape: shape.to_string(),
+                    variant: variant.to_string(),
+                    script: file.to_string(),
+                    round,
+                    ..Default::default()
+                };
+                let (pgbench, host, port, user, db) = (
+                    o.pgbench.clone(),
+                    o.host.clone(),
+                    o.port,
+                    o.user.clone(),
+                    o.db.clone(),
+                );
+                let (c, j, t) = (o.clients, o.threads, o.seconds);
+                let cpu0 = o.sidecar_pid.and_then(crate::loadgen::proc_cpu_secs);
+                let t0 = std::time::Instant::now();
+                let out = tokio::task::spawn_blocking(move || {
+                    Command::new(pgbench)
+                        .args(["-n", "-h", &host, "-p", &port.to_string(), "-U", &user])
+                        .args([
+                            "-c",
+                            &c.to_string(),
+                            "-j",
+                            &j.to_string(),
+                            "-T",
+                            &t.to_string(),
+                        ])
+                        .arg("-f")
+                        .arg(path)
+                        .arg(db)
+                        .output()
+                })
+                .await
+                .expect("spawn_blocking");
+                if let (Some(a), Some(b)) =
+                    (cpu0, o.sidecar_pid.and_then(crate::loadgen::proc_cpu_secs))
+                {
+                    run.sidecar_cores = Some((b - a) / t0.elapsed().as_secs_f64());
+                }
+                match out {
+                    Ok(out) => {
+                        let stdout = String::from_utf8_lossy(&out.stdout);
+                        let (tps, lat, tx, failed) = parse_pgbench(&stdout);
+                        run.tps = tps;
+                        run.latency_avg_ms = lat;
+                        run.transactions = tx;
+                        run.failed = failed;
+                        if !out.status.success() || tps.is_none() {
+                            let stderr = String::from_utf8_lossy(&out.stderr);
+                            run.error = Some(format!(
+                                "pgbench exited {}: {}",
+                                out.status,
+                                stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                            ));
+                        }
+                    }
+                    Err(e) => run.error = Some(format!("cannot run pgbench: {e}")),
+                }
+                eprintln!(
+                    "  pgbench {:<17} round {round}: tps {:?} latency {:?} ms, sidecar cores {:?}{}",
+                    file,
+                    run.tps,
+                    run.latency_avg_ms,
+                    run.sidecar_cores.map(|c| (c * 100.0).round() / 100.0),
+                    run.error
+                        .as_ref()
+                        .map(|e| format!(" ERROR {e}"))
+                        .unwrap_or_default()
+                );
+                res.runs.push(run);
+            }
+        }
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pg15_output() {
+        let out = "pgbench (15.14 (Debian 15.14-0+deb12u1))\ntransaction type: w1_plain.sql\n\
+scaling factor: 1\nquery mode: simple\nnumber of clients: 16\nnumber of threads: 2\n\
+maximum number of tries: 1\nduration: 8 s\nnumber of transactions actually processed: 544123\n\
+number of failed transactions: 0 (0.000%)\nlatency average = 0.235 ms\n\
+initial connection time = 12.345 ms\ntps = 68015.123456 (without initial connection time)\n";
+        let (tps, lat, tx, failed) = parse_pgbench(out);
+        assert_eq!(tps, Some(68015.123456));
+        assert_eq!(lat, Some(0.235));
+        assert_eq!(tx, Some(544123));
+        assert_eq!(failed, Some(0));
+    }
+}

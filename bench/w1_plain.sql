@@ -1,0 +1,1 @@
+INSERT INTO bench_t(v) VALUES (1);

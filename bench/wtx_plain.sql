@@ -1,0 +1,3 @@
+BEGIN;
+INSERT INTO bench_t(v) VALUES (1);
+END;

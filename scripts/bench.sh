@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Benchmark suite (`make bench`): builds the load generator and the sidecar, starts a throwaway
+# PostgreSQL cluster plus the pg_realtime sidecar and a minimal LISTEN/NOTIFY relay (baseline) on
+# loopback, runs
+#   1. SQL broadcast fan-out to 1 topic x 1,000 subscribers: max throughput (p99 <= 100 ms, no
+#      loss) and latency at 10k deliveries/s, sidecar vs relay;
+#   3. idle wake-up latency (single broadcasts 50 ms apart), sidecar vs relay;
+#   2. writer throughput with pgbench (INSERT vs INSERT + realtime.broadcast vs INSERT + pg_notify),
+# writes bench/report/report.json and bench/report/report.md, and tears everything down.
+# Exit status: 0 when the run completed (whether or not the targets were met: misses are reported),
+# non-zero when the run itself failed (build, start-up, a crashed component, a benchmark error).
+#
+# Knobs (environment): BENCH_PG_PORT, BENCH_SIDECAR_PORT, BENCH_RELAY_PORT (first port tried),
+# BENCH_SUBSCRIBERS (1000), BENCH_QUICK=1 (a short smoke run: 200 subscribers, short steps).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+SUBS=${BENCH_SUBSCRIBERS:-1000}
+QUICK=${BENCH_QUICK:-0}
+REPORT="$ROOT/bench/report"
+RAW="$REPORT/raw"
+BIN="$ROOT/target/release"
+T0=$(date +%s)
+
+log() { echo "[bench $(($(date +%s) - T0))s] $*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+# A loopback port nobody listens on, starting at $1.
+free_port() {
+  local p=$1
+  while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+  echo "$p"
+}
+
+wait_port() { # port seconds pid
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    kill -0 "$3" 2>/dev/null || return 1
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+log "building (release): pg-realtime-bench, pg-realtime-sidecar"
+cargo build --release -p pg-realtime-bench -p pg-realtime-sidecar >&2 || die "cargo build"
+[ -f /usr/share/postgresql/15/extension/pg_realtime.control ] ||
+  die "pg_realtime is not installed (cargo pgrx install --release --pg-config $PGBIN/pg_config)"
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" -ge $((SUBS + 200)) ] || die "ulimit -n $(ulimit -n) is too low for $SUBS subscribers"
+
+WORK=$(mktemp -d /tmp/pg_realtime_bench.XXXXXX)
+chmod 755 "$WORK" # the postgres user must reach $WORK/pg
+PIDS=()
+cleanup() {
+  local rc=$?
+  local p i
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  bash "$ROOT/scripts/pg.sh" stop "$WORK/pg" >/dev/null 2>&1 || true
+  mkdir -p "$RAW"
+  for f in sidecar.log relay.log; do [ -f "$WORK/$f" ] && tail -n 200 "$WORK/$f" >"$RAW/$f" || true; done
+  [ -f "$WORK/pg/postgres.log" ] && tail -n 200 "$WORK/pg/postgres.log" >"$RAW/postgres.log" || true
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+PG_PORT=$(free_port "${BENCH_PG_PORT:-55460}")
+SIDECAR_PORT=$(free_port "${BENCH_SIDECAR_PORT:-$((PG_PORT + 10))}")
+RELAY_PORT=$(free_port "${BENCH_RELAY_PORT:-$((SIDECAR_PORT + 10))}")
+SECRET="bench-secret-$RANDOM$RANDOM$RANDOM"
+DSN="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
+URL_DSN="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+
+rm -rf "$RAW" "$REPORT/report.json" "$REPORT/report.md"
+mkdir -p "$RAW"
+
+log "starting PostgreSQL on 127.0.0.1:$PG_PORT ($WORK/pg)"
+bash "$ROOT/scripts/pg.sh" start "$WORK/pg" "$PG_PORT" >&2 || die "cluster start"
+
+log "starting the sidecar on 127.0.0.1:$SIDECAR_PORT"
+DATABASE_URL="$URL_DSN" HOST=127.0.0.1 PORT="$SIDECAR_PORT" JWT_SECRET="$SECRET" RUST_LOG="${RUST_LOG:-warn}" \
+  "$BIN/pg-realtime-sidecar" >"$WORK/sidecar.log" 2>&1 &
+SIDECAR_PID=$!
+PIDS+=("$SIDECAR_PID")
+wait_port "$SIDECAR_PORT" 30 "$SIDECAR_PID" || { tail -n 30 "$WORK/sidecar.log" >&2; die "sidecar did not start"; }
+
+log "starting the LISTEN relay (baseline) on 127.0.0.1:$RELAY_PORT"
+"$BIN/pg-realtime-bench" relay --listen "127.0.0.1:$RELAY_PORT" --dsn "$DSN" --channel bench \
+  --topic realtime:bench --event m --max-secs 1200 >"$WORK/relay.log" 2>&1 &
+RELAY_PID=$!
+PIDS+=("$RELAY_PID")
+wait_port "$RELAY_PORT" 30 "$RELAY_PID" || { tail -n 30 "$WORK/relay.log" >&2; die "relay did not start"; }
+
+cat >"$RAW/meta.json" <<JSON
+{
+  "started_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+  "host": "$(hostname)",
+  "nproc": "$(nproc)",
+  "loadavg_start": "$(cut -d' ' -f1-3 /proc/loadavg)",
+  "git_rev": "$(git rev-parse --short HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD 2>/dev/null || echo '+dirty')",
+  "postgres": "$("$PGBIN/postgres" --version)",
+  "quick": $([ "$QUICK" = 1 ] && echo true || echo false),
+  "sidecar": "target/release/pg-realtime-sidecar with default settings",
+  "relay": "pg-realtime-bench relay: one LISTEN connection, frame serialized once, tokio-tungstenite, 4 KiB buffers"
+}
+JSON
+
+if [ "$QUICK" = 1 ]; then
+  SUBS=${BENCH_SUBSCRIBERS:-200}
+  FAN_ARGS=(--subscribers "$SUBS" --idle-count 20 --latency-secs 3 --step-secs 2 --max-steps 6 --search-budget-s 60)
+  WRITER_ARGS=(--seconds 3 --rounds 1)
+else
+  FAN_ARGS=(--subscribers "$SUBS" --idle-count 100 --idle-interval-ms 50 --latency-rate 10 --latency-secs 10
+    --step-secs 3 --start-rate 100 --p99-ms 100 --max-steps 14 --search-budget-s 200)
+  WRITER_ARGS=(--seconds 8 --rounds 2 --clients 16 --threads 2)
+fi
+
+FAILED=0
+alive() { kill -0 "$SIDECAR_PID" 2>/dev/null || { log "the sidecar died"; tail -n 30 "$WORK/sidecar.log" >&2; FAILED=1; }
+          kill -0 "$RELAY_PID" 2>/dev/null || { log "the relay died"; FAILED=1; }; }
+
+log "fan-out: LISTEN relay (baseline) and pg_realtime sidecar, interleaved"
+"$BIN/pg-realtime-bench" fanout --dsn "$DSN" --jwt-secret "$SECRET" \
+  --target relay --mode notify --server-pid "$RELAY_PID" --out "$RAW/fanout-relay.json" \
+  --ws "ws://127.0.0.1:$RELAY_PORT/realtime/v1/websocket" \
+  --target2 sidecar --mode2 broadcast --server-pid2 "$SIDECAR_PID" --out2 "$RAW/fanout-sidecar.json" \
+  --ws2 "ws://127.0.0.1:$SIDECAR_PORT/realtime/v1/websocket" \
+  "${FAN_ARGS[@]}" || { log "fan-out run failed"; FAILED=1; }
+alive
+
+log "writers: pgbench (sidecar connected and draining)"
+"$BIN/pg-realtime-bench" writers --host 127.0.0.1 --port "$PG_PORT" --pgbench "$PGBIN/pgbench" --sidecar-pid "$SIDECAR_PID" \
+  --scripts "$ROOT/bench" --out "$RAW/writers.json" "${WRITER_ARGS[@]}" || { log "writer run failed"; FAILED=1; }
+alive
+
+log "report"
+"$BIN/pg-realtime-bench" report --raw "$RAW" --out "$REPORT" || FAILED=1
+cat "$REPORT/report.md" >&2 || true
+log "done: $REPORT/report.md, $REPORT/report.json"
+[ "$FAILED" = 0 ] || die "the run did not complete cleanly (see the report's problems)"
