@@ -122,7 +122,7 @@ if [ "$QUICK" = 1 ]; then
 else
   FAN_ARGS=(--subscribers "$SUBS" --idle-count 100 --idle-interval-ms 50 --latency-rate 10 --latency-secs 10
     --step-secs 3 --start-rate 100 --p99-ms 100 --max-steps 14 --search-budget-s 200)
-  WRITER_ARGS=(--seconds 8 --rounds 2 --clients 16 --threads 2)
+  WRITER_ARGS=(--seconds 6 --rounds 2 --clients 16 --threads 2)
 fi
 
 FAILED=0

@@ -288,10 +288,12 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         };
         for (shape, title) in [
             ("one_statement", "one-statement INSERT"),
+            ("one_statement_prepared", "one-statement INSERT, prepared (-M prepared)"),
             ("transaction", "BEGIN; INSERT; ...; END"),
         ] {
             let plain = best(shape, "plain");
-            let p = json!({"shape": shape, "pgbench": w.params, "plain_tps": plain});
+            let noop = best(shape, "noop");
+            let p = json!({"shape": shape, "pgbench": w.params, "plain_tps": plain, "noop_tps": noop});
             figs.push(fig(
                 &format!("writer_{shape}_broadcast"),
                 &format!("Writer tps, {title} + realtime.broadcast"),
@@ -303,6 +305,32 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
                 Some(0.8),
                 p.clone(),
             ));
+            let mut f = fig(
+                &format!("writer_{shape}_broadcast_vs_noop"),
+                &format!("Writer tps, {title} + realtime.broadcast vs + a no-op function call"),
+                "tps",
+                best(shape, "broadcast"),
+                noop,
+                "same statement calling concat_ws() instead",
+                "reference",
+                None,
+                p.clone(),
+            );
+            f.note = Some("what realtime.broadcast itself costs, apart from the statement shape".into());
+            figs.push(f);
+            let mut f = fig(
+                &format!("writer_{shape}_noop"),
+                &format!("Writer tps, {title} + a no-op function call (shape floor)"),
+                "tps",
+                noop,
+                plain,
+                "same shape without the call",
+                "reference",
+                None,
+                p.clone(),
+            );
+            f.note = Some("the most any function called in this shape can reach".into());
+            figs.push(f);
             let mut f = fig(
                 &format!("writer_{shape}_notify"),
                 &format!("Writer tps, {title} + pg_notify (reference: the NOTIFY design)"),

@@ -1,5 +1,7 @@
 //! Writer throughput: pgbench runs of the bench/*.sql scripts (plain INSERT vs INSERT +
-//! realtime.broadcast vs INSERT + pg_notify), in two shapes, alternating the order per round.
+//! realtime.broadcast vs INSERT + pg_notify, and vs the same statement with a no-op function call
+//! in place of the broadcast, which separates what the statement shape costs from what
+//! realtime.broadcast costs), in three shapes, alternating the order per round.
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,12 +25,25 @@ pub struct WritersOpts {
     pub sidecar_pid: Option<u32>,
 }
 
+/// Shapes and the pgbench query protocol each runs with.
+pub const SHAPES: &[(&str, &str)] = &[
+    ("one_statement", "simple"),
+    ("one_statement_prepared", "prepared"),
+    ("transaction", "simple"),
+];
+
 /// (shape, variant, script file)
 pub const SCRIPTS: &[(&str, &str, &str)] = &[
     ("one_statement", "plain", "w1_plain.sql"),
+    ("one_statement", "noop", "w1_noop.sql"),
     ("one_statement", "broadcast", "w1_broadcast.sql"),
     ("one_statement", "notify", "w1_notify.sql"),
+    ("one_statement_prepared", "plain", "w1_plain.sql"),
+    ("one_statement_prepared", "noop", "w1_noop.sql"),
+    ("one_statement_prepared", "broadcast", "w1_broadcast.sql"),
+    ("one_statement_prepared", "notify", "w1_notify.sql"),
     ("transaction", "plain", "wtx_plain.sql"),
+    ("transaction", "noop", "wtx_noop.sql"),
     ("transaction", "broadcast", "wtx_broadcast.sql"),
     ("transaction", "notify", "wtx_notify.sql"),
 ];
@@ -92,7 +107,7 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
             "threads": o.threads,
             "seconds_per_run": o.seconds,
             "rounds": o.rounds,
-            "protocol": "simple",
+            "protocol": "simple, except the *_prepared shape (-M prepared)",
             "table": "UNLOGGED bench_t(id bigserial primary key, v int), truncated before each run",
             "aggregation": "best tps of the rounds per script (order alternates per round)",
             "sidecar_connected_and_draining": o.sidecar_running,
@@ -121,7 +136,7 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
         return res;
     }
     for round in 0..o.rounds {
-        for shape in ["one_statement", "transaction"] {
+        for &(shape, protocol) in SHAPES {
             let mut scripts: Vec<_> = SCRIPTS.iter().filter(|s| s.0 == shape).collect();
             if round % 2 == 1 {
                 scripts.reverse();
@@ -148,11 +163,12 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
                     o.db.clone(),
                 );
                 let (c, j, t) = (o.clients, o.threads, o.seconds);
+                let protocol = protocol.to_string();
                 let cpu0 = o.sidecar_pid.and_then(crate::loadgen::proc_cpu_secs);
                 let t0 = std::time::Instant::now();
                 let out = tokio::task::spawn_blocking(move || {
                     Command::new(pgbench)
-                        .args(["-n", "-h", &host, "-p", &port.to_string(), "-U", &user])
+                        .args(["-n", "-M", &protocol, "-h", &host, "-p", &port.to_string(), "-U", &user])
                         .args([
                             "-c",
                             &c.to_string(),
