@@ -35,7 +35,10 @@ impl Registry {
     }
 
     fn horizon(&self) -> i64 {
-        self.inflight.iter().copied().filter(|&s| s != FREE).min().unwrap_or(self.next_seq)
+        // Only slots of PGPROCs that exist can be taken: scan those, not the whole array (the
+        // scan runs under the shared lock that writers wait on).
+        let procs = unsafe { (*pg_sys::ProcGlobal).allProcCount as usize }.min(MAX_SLOTS);
+        self.inflight[..procs].iter().copied().filter(|&s| s != FREE).min().unwrap_or(self.next_seq)
     }
 }
 

@@ -47,6 +47,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_fallback_ms: u64,
 
+    /// After a busy period's first empty poll, wait this long and poll once more before
+    /// declaring the reader idle (0 disables): a steadily busy queue then needs no wake-ups.
+    #[arg(long, env = "POLL_LINGER_MS", default_value_t = 1)]
+    pub poll_linger_ms: u64,
+
     /// Maximum rows fetched by one `realtime._poll` call.
     #[arg(long, env = "POLL_BATCH", default_value_t = 2000,
           value_parser = clap::value_parser!(i32).range(1..))]
@@ -74,6 +79,10 @@ impl Config {
 
     pub fn poll_fallback(&self) -> Duration {
         Duration::from_millis(self.poll_fallback_ms)
+    }
+
+    pub fn poll_linger(&self) -> Duration {
+        Duration::from_millis(self.poll_linger_ms)
     }
 }
 
@@ -104,6 +113,7 @@ mod tests {
         assert_eq!(c.channel_error_backoff_ms, 5000);
         assert_eq!(c.poll_fallback_ms, 500);
         assert_eq!(c.poll_batch, 2000);
+        assert_eq!(c.poll_linger_ms, 1);
         assert_eq!(c.client_queue_frames, 1024);
         assert_eq!(c.max_channels_per_client, 100);
     }
