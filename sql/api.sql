@@ -66,5 +66,5 @@ language sql stable
 as $$ select nullif(current_setting('realtime.topic', true), '')::text $$;
 
 -- The reader functions are for the sidecar's role only.
-revoke execute on function realtime._poll(text, bigint, integer, boolean), realtime._position(),
+revoke execute on function realtime._poll(text, bigint, integer), realtime._position(),
     realtime._prune() from public;

@@ -257,17 +257,10 @@ type PollRow = (
     name!(msg_id, Option<String>),
 );
 
-/// Final rows after `after` in commit order. With `declare_idle`, an empty answer registers the
-/// caller as idle, so the next commit wakes the notifier (see `horizon` for why the re-read
-/// closes the race). A reader that expects more rows soon polls without it: no wake-ups, and
-/// so no NOTIFY at all, while it keeps up with a busy queue.
+/// Final rows after `after` in commit order. An empty answer registers the caller as idle, so
+/// the next commit wakes the notifier (see `horizon` for why the re-read closes the race).
 #[pg_extern(volatile, parallel_unsafe, security_definer, name = "_poll")]
-fn poll(
-    epoch: &str,
-    after: i64,
-    max_rows: i32,
-    declare_idle: default!(bool, true),
-) -> TableIterator<
+fn poll(epoch: &str, after: i64, max_rows: i32) -> TableIterator<
     'static,
     (
         name!(epoch, String),
@@ -287,7 +280,7 @@ fn poll(
     let current = current_epoch();
     let after = if epoch == current { after } else { 0 };
     let mut rows = read_final(&current, after, max_rows);
-    if rows.is_empty() && declare_idle {
+    if rows.is_empty() {
         horizon::declare_idle();
         rows = read_final(&current, after, max_rows);
     }

@@ -47,8 +47,8 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_fallback_ms: u64,
 
-    /// After a busy period's first empty poll, wait this long and poll once more before
-    /// declaring the reader idle (0 disables): a steadily busy queue then needs no wake-ups.
+    /// After a partial batch, wait this long before the next read (0 disables): under load each
+    /// read then collects what committed meanwhile, and a busy queue needs no wake-ups.
     #[arg(long, env = "POLL_LINGER_MS", default_value_t = 1)]
     pub poll_linger_ms: u64,
 

@@ -6,11 +6,11 @@
 //!    cannot be missed;
 //! 2. on the very first session only, `SELECT epoch, head FROM realtime._position()`: a fresh
 //!    sidecar starts at the head;
-//! 3. `realtime._poll(epoch, after, max_rows, declare_idle)` in a loop: poll again at once after
-//!    a non-empty poll; the first empty poll of a busy period does not declare the reader idle
-//!    but lingers `POLL_LINGER_MS` and polls once more, so a steadily busy queue causes no
-//!    wake-ups (and so no NOTIFY); after an idle-declaring empty poll wait for a notification or
-//!    the fallback timer, whichever first.
+//! 3. `realtime._poll(epoch, after, max_rows)` in a loop: after a full batch poll again at once;
+//!    after a partial batch linger `POLL_LINGER_MS` first, so that under load each read collects
+//!    what committed meanwhile (fewer, larger reads, and no wake-ups while the queue stays busy);
+//!    after an empty poll (which declares the reader idle) wait for a notification or the
+//!    fallback timer, whichever first.
 //!
 //! Invariants:
 //! * The position `(epoch, after)` lives in this task across reconnects: after a database
@@ -53,7 +53,7 @@ const YIELD_EVERY: usize = 32;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const POLL_SQL: &str = "SELECT epoch, seq, topic, private, event, payload, binary_payload, msg_id \
-                        FROM realtime._poll($1, $2, $3, $4)";
+                        FROM realtime._poll($1, $2, $3)";
 
 /// Where the reader is in the queue.
 struct Position {
@@ -150,22 +150,9 @@ async fn poll_loop(
     *backoff = MIN_BACKOFF;
     tracing::info!(epoch = %pos.epoch, after = pos.after, "queue reader connected");
     let linger = state.config.poll_linger();
-    // True while the last poll found rows: the next empty poll lingers instead of going idle.
-    let mut busy = false;
     loop {
-        let declare_idle = !busy || linger.is_zero();
-        let params: [&(dyn ToSql + Sync); 4] =
-            [&pos.epoch, &pos.after, &state.config.poll_batch, &declare_idle];
+        let params: [&(dyn ToSql + Sync); 3] = [&pos.epoch, &pos.after, &state.config.poll_batch];
         let rows = bounded(client.query(&poll, &params)).await?;
-        if rows.is_empty() && !declare_idle {
-            busy = false;
-            tokio::select! {
-                () = wakeup.notified() => {}
-                () = tokio::time::sleep(linger) => {}
-            }
-            continue;
-        }
-        busy = !rows.is_empty();
         if rows.is_empty() {
             tokio::select! {
                 () = wakeup.notified() => {}
@@ -192,6 +179,9 @@ async fn poll_loop(
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 tokio::task::yield_now().await;
             }
+        }
+        if rows.len() < state.config.poll_batch as usize && !linger.is_zero() {
+            tokio::time::sleep(linger).await;
         }
     }
 }
