@@ -523,7 +523,7 @@ fn markdown(
     }
     if let Some(w) = writers {
         m.push_str(&format!(
-            "## Writer details\n\npgbench -c {} -j {} -T {}, simple protocol, {} rounds (best tps per script), UNLOGGED `bench_t`; the pg_realtime sidecar was connected and draining the queue during every run (no subscribers on topic `w`).\n\n| Script | round | tps | latency avg ms | sidecar CPU (cores) |\n|---|---|---|---|---|\n",
+            "## Writer details\n\npgbench -c {} -j {} -T {}, simple protocol (`-M prepared` for the prepared shape), {} rounds (best tps per script), UNLOGGED `bench_t`; the pg_realtime sidecar was connected and draining the queue during every run (no subscribers on topic `w`), and a LISTEN connection received every NOTIFY of the pg_notify runs.\n\n| Script | round | tps | latency avg ms | sidecar CPU (cores) |\n|---|---|---|---|---|\n",
             w.params["clients"], w.params["threads"], w.params["seconds_per_run"], w.params["rounds"]
         ));
         for r in &w.runs {

@@ -111,6 +111,7 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
             "table": "UNLOGGED bench_t(id bigserial primary key, v int), truncated before each run",
             "aggregation": "best tps of the rounds per script (order alternates per round)",
             "sidecar_connected_and_draining": o.sidecar_running,
+            "notify_consumer": "a LISTEN connection on channel w receives every notification",
         }),
         ..Default::default()
     };
@@ -125,6 +126,25 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
         }
         Err(e) => {
             res.error = Some(format!("connect: {e}"));
+            return res;
+        }
+    };
+    // The NOTIFY reference gets a consumer too: a LISTENer receives every notification, as the
+    // sidecar reads every queued message during the broadcast runs.
+    let listener = match tokio_postgres::connect(&dsn, NoTls).await {
+        Ok((l, mut conn)) => {
+            let drain = tokio::spawn(async move {
+                let mut msgs = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(Ok(_)) = futures_util::StreamExt::next(&mut msgs).await {}
+            });
+            if let Err(e) = l.batch_execute("LISTEN w").await {
+                res.error = Some(format!("listen: {e}"));
+                return res;
+            }
+            (l, drain)
+        }
+        Err(e) => {
+            res.error = Some(format!("connect listener: {e}"));
             return res;
         }
     };
@@ -223,6 +243,9 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
             }
         }
     }
+    let (listener, drain) = listener;
+    drop(listener);
+    drain.abort();
     res
 }
 
