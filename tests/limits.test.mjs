@@ -31,7 +31,7 @@ for (const vsn of ['1.0.0', '2.0.0']) {
     const { s, topic, joinRef } = await joinedRaw(vsn);
     s.push(topic, 'broadcast', oversized, { joinRef });
     const info = await withTimeout(s.closed, 15000, 'server to close the oversized connection');
-    assert.ok(info, `closed with ${JSON.stringify(info)}`);
+    assert.equal(info.code, 1009, `closed with ${JSON.stringify(info)}`);
     await stack.assertHealthy();
   });
 }
@@ -39,7 +39,8 @@ for (const vsn of ['1.0.0', '2.0.0']) {
 test('vsn 2.0.0: an oversized binary kind-3 frame closes the connection; server stays up', async () => {
   const { s, topic, joinRef } = await joinedRaw('2.0.0');
   s.sendRaw(encodeKind3({ joinRef, ref: '77', topic, event: 'huge', payload: oversized.payload }), { binary: true });
-  await withTimeout(s.closed, 15000, 'server to close the oversized connection');
+  const info = await withTimeout(s.closed, 15000, 'server to close the oversized connection');
+  assert.equal(info.code, 1009, `closed with ${JSON.stringify(info)}`);
   await stack.assertHealthy();
 });
 

@@ -820,6 +820,14 @@ impl Live {
     fn ok(&self) -> bool {
         self.res.error.is_none()
     }
+    /// The measurement handle over this target's clients (only called while `ok()`).
+    fn bench(&self) -> Bench<'_> {
+        Bench {
+            clients: self.clients.as_ref().unwrap(),
+            producer: self.producer.as_ref().unwrap(),
+            server_pid: self.spec.server_pid,
+        }
+    }
 }
 
 /// Runs the fan-out measurements against every target, interleaved so that background load on
@@ -930,11 +938,7 @@ pub async fn fanout(targets: &[TargetSpec], o: &FanoutOpts) -> Vec<FanoutResult>
             l.spec.name, o.latency_rate, o.latency_secs
         );
         next_step += 1;
-        let b = Bench {
-            clients: l.clients.as_ref().unwrap(),
-            producer: l.producer.as_ref().unwrap(),
-            server_pid: l.spec.server_pid,
-        };
+        let b = l.bench();
         let spec = StepSpec {
             label: "latency".into(),
             rate: o.latency_rate,
@@ -969,11 +973,7 @@ pub async fn fanout(targets: &[TargetSpec], o: &FanoutOpts) -> Vec<FanoutResult>
             };
             any = true;
             next_step += 1;
-            let b = Bench {
-                clients: l.clients.as_ref().unwrap(),
-                producer: l.producer.as_ref().unwrap(),
-                server_pid: l.spec.server_pid,
-            };
+            let b = l.bench();
             let spec = StepSpec {
                 label: format!("tp@{rate:.0}{}", if l.search.retry { "-retry" } else { "" }),
                 rate,

@@ -174,7 +174,9 @@ pub enum CloseReason {
     /// The connection's bounded outbound queue was full: it cannot keep up and must not slow
     /// anyone else down.
     SlowClient,
-    /// The WebSocket stream reported an error (oversize frame, protocol violation, reset).
+    /// A message over `MAX_FRAME_BYTES`.
+    MessageTooBig,
+    /// The WebSocket stream reported an error (protocol violation, reset).
     ReadFailed,
     /// Writing to the socket failed.
     WriteFailed,
@@ -186,6 +188,7 @@ impl CloseReason {
             CloseReason::ClientClosed | CloseReason::IdleTimeout => 1000,
             CloseReason::ServerShutdown => 1001,
             CloseReason::ReadFailed => 1002,
+            CloseReason::MessageTooBig => 1009,
             CloseReason::WriteFailed => 1011,
             CloseReason::SlowClient => 4001,
         }
@@ -198,6 +201,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle timeout",
             CloseReason::SlowClient => "slow client: outbound queue full",
             CloseReason::ReadFailed => "read error",
+            CloseReason::MessageTooBig => "message too big",
             CloseReason::WriteFailed => "write error",
         }
     }

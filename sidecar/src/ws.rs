@@ -145,7 +145,7 @@ where
                     Some(Ok(msg)) => msg,
                     Some(Err(err)) => {
                         tracing::info!(conn = conn.id, error = %err, "websocket read failed");
-                        return conn.close(CloseReason::ReadFailed);
+                        return conn.close(read_failure(err));
                     }
                     None => return conn.close(CloseReason::ClientClosed),
                 };
@@ -163,6 +163,14 @@ where
                 }
             }
         }
+    }
+}
+
+/// The close reason for a failed read: 1009 for an oversize message, 1002 otherwise.
+fn read_failure(err: axum::Error) -> CloseReason {
+    match err.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => CloseReason::MessageTooBig,
+        _ => CloseReason::ReadFailed,
     }
 }
 
@@ -543,16 +551,17 @@ mod tests {
                 "x".repeat(2000)
             )))
             .await;
-        let ended = tokio::time::timeout(WAIT, async {
+        let code = tokio::time::timeout(WAIT, async {
             loop {
                 match big.next().await {
-                    Some(Ok(Ws::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(Ws::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                    Some(Err(_)) | None => break None,
                     Some(Ok(_)) => {}
                 }
             }
         })
         .await;
-        assert!(ended.is_ok(), "oversize sender is disconnected");
+        assert_eq!(code.ok(), Some(Some(1009)), "oversize sender is closed with 1009");
         heartbeat_v2(&mut other).await;
     }
 
