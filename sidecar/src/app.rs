@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use deadpool_postgres::Pool;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +22,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::db;
 use crate::fanout::Registry;
 use crate::ws;
 
@@ -30,6 +32,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppState {
     pub config: Config,
     pub auth: Auth,
+    /// Connections for queries on a client's behalf (private-channel policies).
+    pub db: Pool,
     pub registry: Registry,
     /// Whether the queue reader currently holds a working database connection.
     pub db_connected: AtomicBool,
@@ -39,16 +43,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Arc<Self> {
-        Arc::new(AppState {
-            auth: Auth::new(&config.jwt_secret),
+    /// The state for `config`; `Err` is a startup error message (bad JWT keys, bad URL).
+    pub fn new(config: Config) -> Result<Arc<Self>, String> {
+        Ok(Arc::new(AppState {
+            auth: Auth::from_config(&config)?,
+            db: db::pool(&config)?,
             config,
             registry: Registry::default(),
             db_connected: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             next_conn_id: AtomicU64::new(1),
-        })
+        }))
     }
 
     pub fn next_conn_id(&self) -> u64 {

@@ -16,7 +16,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use crate::auth::Claims;
 use crate::fanout::{SubId, TopicKey};
+use crate::policies::Permissions;
 
 const TOPIC_PREFIX: &str = "realtime:";
 
@@ -97,14 +99,37 @@ pub fn postgres_change_echo(entry: &Map<String, Value>) -> Value {
 pub struct Channel {
     pub join_ref: Option<String>,
     pub key: TopicKey,
-    pub sub_id: SubId,
+    /// The registry subscription delivering broadcasts; `None` while the channel may not read
+    /// them (a private channel whose policies allow presence only).
+    pub sub_id: Option<SubId>,
     pub broadcast_self: bool,
     pub broadcast_ack: bool,
+    pub presence_enabled: bool,
+    /// What the channel may do: everything on a public channel, its policies' verdicts on a
+    /// private one.
+    pub permissions: Permissions,
     /// Token the channel is authorized with (to ignore identical `access_token` refreshes).
     pub token: String,
-    /// Token `exp` (Unix seconds) and the matching local deadline (`None`: beyond any timer).
-    pub exp: i64,
+    pub claims: Claims,
+    /// Local deadline of the token's `exp` (`None`: beyond any timer).
     pub expires_at: Option<Instant>,
+    /// Next periodic re-evaluation of a private channel's policies.
+    pub recheck_at: Option<Instant>,
+    /// Ticket of the latest policy evaluation started for this channel.
+    pub ticket: u64,
+    /// The evaluation running for this channel, if any; `reevaluate_again`: the token changed
+    /// meanwhile, so its verdict is stale and another round follows.
+    pub reevaluating: Option<Reevaluation>,
+    pub reevaluate_again: bool,
+}
+
+/// Why a joined channel's policies are evaluated again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reevaluation {
+    /// The client sent a new `access_token`.
+    Refresh,
+    /// The periodic re-check (`POLICY_RECHECK_SECS`).
+    Periodic,
 }
 
 /// Local deadline of a Unix `exp`, seen from `now_unix`.
@@ -143,16 +168,29 @@ impl ChannelTable {
         self.channels.drain()
     }
 
-    /// The earliest token expiry among joined channels.
-    pub fn next_expiry(&self) -> Option<Instant> {
-        self.channels.values().filter_map(|c| c.expires_at).min()
+    /// The earliest token expiry or policy re-check among joined channels.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.channels
+            .values()
+            .flat_map(|c| [c.expires_at, c.recheck_at])
+            .flatten()
+            .min()
     }
 
     /// Topics whose token has expired at `now`.
     pub fn expired(&self, now: Instant) -> Vec<String> {
+        self.topics_where(|c| c.expires_at.is_some_and(|at| at <= now))
+    }
+
+    /// Topics whose policies are due for a re-check at `now`.
+    pub fn due_rechecks(&self, now: Instant) -> Vec<String> {
+        self.topics_where(|c| c.recheck_at.is_some_and(|at| at <= now))
+    }
+
+    fn topics_where(&self, due: impl Fn(&Channel) -> bool) -> Vec<String> {
         self.channels
             .iter()
-            .filter(|(_, c)| c.expires_at.is_some_and(|at| at <= now))
+            .filter(|(_, c)| due(c))
             .map(|(topic, _)| topic.clone())
             .collect()
     }

@@ -2,9 +2,9 @@
 //! the same name in upper snake case; flags win over the environment.
 //!
 //! Invariants: values are validated at parse time (sizes and counts are ≥ 1, the database URL
-//! parses), so the rest of the crate never re-checks them. Secrets (`JWT_SECRET`, the password in
-//! `DATABASE_URL`) are never printed: `--help` hides their environment values and [`Config`] has
-//! no `Debug`.
+//! parses), so the rest of the crate never re-checks them; the JWT keys are checked at start-up
+//! by `Auth::from_config`. Secrets (`JWT_SECRET`, `JWT_JWKS`, the password in `DATABASE_URL`) are
+//! never printed: `--help` hides their environment values and [`Config`] has no `Debug`.
 
 use std::time::Duration;
 
@@ -25,9 +25,39 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = 4000)]
     pub port: u16,
 
-    /// HS256/384/512 secret that signs API keys and user JWTs.
+    /// HS256/384/512 secret that signs API keys and user JWTs. At least one of the secret and
+    /// a JWKS must be set.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    pub jwt_secret: Option<String>,
+
+    /// JWKS (JSON `{"keys": [...]}`) whose keys, matched by the token's `kid`, verify
+    /// RS256/384/512, ES256/384/512 and EdDSA tokens (`RSA`, `EC`, `OKP` keys) and HS256/384/512
+    /// tokens (`oct` keys; without a matching one HS tokens use the secret).
+    #[arg(long, env = "JWT_JWKS", hide_env_values = true)]
+    pub jwt_jwks: Option<String>,
+
+    /// File holding a JWKS, as `--jwt-jwks` (set one of the two).
+    #[arg(long, env = "JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<std::path::PathBuf>,
+
+    /// When set, tokens must carry this `iss`.
+    #[arg(long, env = "JWT_ISS")]
+    pub jwt_iss: Option<String>,
+
+    /// When set, tokens must carry this `aud` (a string, or an array that contains it).
+    #[arg(long, env = "JWT_AUD")]
+    pub jwt_aud: Option<String>,
+
+    /// Connections used for authorization queries (private-channel policies).
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_pool_size: u32,
+
+    /// Re-evaluate each private channel's policies this often (Realtime re-checks the token
+    /// every 5 minutes; here a revoked policy also takes effect without a token refresh).
+    #[arg(long, env = "POLICY_RECHECK_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub policy_recheck_secs: u64,
 
     /// Largest WebSocket frame/message accepted from a client, in bytes.
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 5_000_000,
@@ -71,6 +101,10 @@ pub struct Config {
 impl Config {
     pub fn connect_error_backoff(&self) -> Duration {
         Duration::from_millis(self.connect_error_backoff_ms)
+    }
+
+    pub fn policy_recheck(&self) -> Duration {
+        Duration::from_secs(self.policy_recheck_secs)
     }
 
     pub fn channel_error_backoff(&self) -> Duration {

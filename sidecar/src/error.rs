@@ -32,15 +32,28 @@ pub enum AuthError {
     Malformed,
     #[error("Failed to validate JWT signature")]
     Signature,
-    /// The header names an algorithm this server has no key for (only HS256/384/512 are).
+    /// No key for the token's `alg` (unknown or `none`; HS without a secret; RS/ES/EdDSA
+    /// without a `kid` or without a JWKS).
     #[error("Failed to generate JWT signer, check your JWT secret or JWKS configuration")]
     Signer,
+    /// The JWKS has no key with the token's `kid` that fits its `alg` (Realtime's
+    /// `{:error_generating_signer, kid}`; the kid is shown as Elixir's `inspect` would).
+    #[error(
+        "Failed to generate JWT signer for key ID (kid) {kid:?}, check your JWT secret or JWKS configuration"
+    )]
+    SignerKid { kid: String },
     #[error("Fields `role` and `exp` are required in JWT")]
     MissingClaims,
     #[error("Token has expired {secs_ago} seconds ago")]
     Expired { secs_ago: i64 },
     #[error("Token expiration time is invalid")]
     InvalidExp,
+    /// A configured claim check (`JWT_ISS`, `JWT_AUD`) failed. `value` is the token's claim as
+    /// JSON (`nil` when absent). Realtime's claim validators fail with the Joken term
+    /// `[message: "Invalid token", claim: …, claim_val: …]`, which has no dedicated text: connect
+    /// and join fall back to their generic errors, a token refresh shows the inspected term.
+    #[error("Invalid token: claim `{claim}` does not match the configured value")]
+    InvalidClaim { claim: &'static str, value: String },
 }
 
 impl AuthError {
@@ -48,6 +61,7 @@ impl AuthError {
     pub fn connect_message(&self) -> Cow<'static, str> {
         match self {
             AuthError::Expired { .. } => Cow::Borrowed("Token has expired"),
+            AuthError::InvalidClaim { .. } => Cow::Borrowed("Error connecting to Realtime"),
             other => Cow::Owned(other.to_string()),
         }
     }
@@ -57,10 +71,12 @@ impl AuthError {
         let code = match self {
             AuthError::Malformed => "MalformedJWT",
             AuthError::Signature => "JwtSignatureError",
-            AuthError::Signer => "JwtSignerError",
+            AuthError::Signer | AuthError::SignerKid { .. } => "JwtSignerError",
             AuthError::MissingClaims | AuthError::Expired { .. } | AuthError::InvalidExp => {
                 "InvalidJWTToken"
             }
+            // Realtime's catch-all join error (literal, no code).
+            AuthError::InvalidClaim { .. } => return "Unknown Error on Channel".to_owned(),
         };
         format!("{code}: {self}")
     }
@@ -70,6 +86,9 @@ impl AuthError {
     pub fn refresh_message(&self) -> String {
         match self {
             AuthError::Signature => ":signature_error".to_owned(),
+            AuthError::InvalidClaim { claim, value } => {
+                format!("[message: \"Invalid token\", claim: \"{claim}\", claim_val: {value}]")
+            }
             other => other.to_string(),
         }
     }
@@ -111,9 +130,72 @@ pub enum JoinError {
     TooManyChannels,
     #[error("{}", .0.join_reason())]
     Auth(#[from] AuthError),
-    /// Private channels are refused until RLS authorization exists: never allow them silently.
+    /// The channel's SELECT policies on `realtime.messages` allow neither extension (or they
+    /// failed to evaluate, which Supabase reports the same way).
     #[error("Unauthorized: You do not have permissions to read from this Channel topic: {0}")]
     Unauthorized(String),
+    /// The token's `role` is not a database role, so no policy can be evaluated as it.
+    #[error("Unauthorized: The role \"{0}\" of the token does not exist in the database")]
+    UnknownRole(String),
+    #[error("IncreaseConnectionPool: Please increase your connection pool size")]
+    IncreaseConnectionPool,
+    #[error("UnableToConnectToProject: Realtime was unable to connect to the project database")]
+    UnableToConnect,
+}
+
+/// Why a private channel's policies could not be evaluated. `Display` is for logs only; clients
+/// get [`PolicyError::join_error`] or [`PolicyError::close_message`].
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    #[error("role \"{0}\" does not exist")]
+    UnknownRole(String),
+    #[error("no free database connection (DB_POOL_SIZE)")]
+    PoolExhausted,
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A policy (or the role switch) raised an error.
+    #[error("RlsPolicyError: {0}")]
+    Policy(String),
+}
+
+impl PolicyError {
+    pub fn join_error(&self, sub_topic: &str) -> JoinError {
+        match self {
+            PolicyError::UnknownRole(role) => JoinError::UnknownRole(role.clone()),
+            PolicyError::PoolExhausted => JoinError::IncreaseConnectionPool,
+            PolicyError::Unavailable(_) => JoinError::UnableToConnect,
+            PolicyError::Policy(_) => JoinError::Unauthorized(sub_topic.to_owned()),
+        }
+    }
+
+    /// `system` message closing a channel whose policies could not be re-evaluated (§7.1).
+    pub fn close_message(&self, sub_topic: &str) -> String {
+        match self {
+            PolicyError::PoolExhausted | PolicyError::Unavailable(_) => {
+                "Realtime was unable to connect to the project database".to_owned()
+            }
+            other => other.join_error(sub_topic).to_string(),
+        }
+    }
+
+    /// Worth retrying later (the database is busy or away), as opposed to a verdict.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            PolicyError::PoolExhausted | PolicyError::Unavailable(_)
+        )
+    }
+}
+
+/// `system` message closing a channel after its read access was revoked (§7.1).
+pub fn read_revoked(sub_topic: &str) -> String {
+    format!("You no longer have permission to read from this Channel topic: {sub_topic}")
+}
+
+/// Error-reply `reason` to a broadcast (with `ack`) that the channel's INSERT policies do not
+/// allow. Supabase drops such a message silently; the sender deserves to know.
+pub fn write_denied(sub_topic: &str) -> String {
+    format!("Unauthorized: You do not have permissions to write to this Channel topic: {sub_topic}")
 }
 
 /// A client frame that could not be decoded. Logged and ignored; the socket stays open.

@@ -7,9 +7,10 @@
 //!   lifecycle.
 //! * `ws` — WebSocket upgrade and the reader/writer halves of a connection; `session` — the
 //!   per-connection protocol state machine; `channel` — its channel table and join rules.
-//! * `codec` — serializers v1/v2; `auth` — JWT verification; `fanout` — topic registry and
-//!   bounded per-connection queues; [`queue`] — the Postgres reader; `error` — the catalogue of
-//!   client-visible errors and close codes.
+//! * `codec` — serializers v1/v2; `auth` — JWT verification; `policies` — private-channel
+//!   permissions from `realtime.messages` policies; `fanout` — topic registry and bounded
+//!   per-connection queues; [`queue`] — the Postgres reader; `db` — the pool for queries on a
+//!   client's behalf; `error` — the catalogue of client-visible errors and close codes.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -17,8 +18,10 @@ mod auth;
 mod channel;
 mod codec;
 pub mod config;
+mod db;
 mod error;
 mod fanout;
+mod policies;
 pub mod queue;
 mod session;
 mod ws;

@@ -27,7 +27,13 @@ async fn main() -> ExitCode {
         .init();
     let config = Config::parse();
     let addr = (config.host.clone(), config.port);
-    let state = AppState::new(config);
+    let state = match AppState::new(config) {
+        Ok(state) => state,
+        Err(err) => {
+            tracing::error!(error = %err, "invalid configuration");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let listener = match TcpListener::bind(&addr).await {
         Ok(listener) => listener,

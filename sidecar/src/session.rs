@@ -2,41 +2,59 @@
 //! join, leave, broadcast, access_token) and owns the connection's channel table.
 //!
 //! It is transport-free: output goes to the connection's bounded queue ([`ConnHandle::push`]),
-//! time comes in through [`Session::on_timer`], so tests drive it without sockets.
+//! time comes in through [`Session::on_timer`] and finished policy evaluations through
+//! [`Session::on_evaluated`], so tests drive it without sockets.
 //!
 //! Invariants:
-//! * A channel is subscribed in the registry *before* its join is acknowledged.
+//! * A channel is subscribed in the registry *before* its join is acknowledged, and only while
+//!   it may read broadcasts (public, or a private channel whose SELECT policy allows
+//!   `broadcast`).
 //! * Replies on a joined channel carry that channel's current `join_ref` (clients drop frames
 //!   with a stale non-null `join_ref`); incoming `join_ref`s are not checked (Realtime's
 //!   leniency, PROTOCOL.md §1.9).
 //! * Join errors are answered after `CHANNEL_ERROR_BACKOFF_MS` without blocking the socket: the
 //!   replies wait in `delayed` (one fixed delay, so the queue is ordered by deadline).
+//! * Private channels are authorized by the database (`policies`). The evaluations run as
+//!   futures owned by the session (dropped with it); each carries a ticket, and an outcome whose
+//!   ticket is no longer current (the join was superseded or left, the channel re-joined) is
+//!   discarded. A channel has at most one evaluation running: a token refresh meanwhile asks
+//!   for one more round once it finishes.
 //! * Dropping the session unsubscribes every channel it still holds.
-//!
-//! Later issues plug in here: presence (`presence` events), Postgres Changes (join echo and
-//! `system` messages), private-channel RLS (`authorize`).
 
-use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::auth::{unix_now, Claims};
-use crate::channel::{self, Channel, ChannelTable, JoinConfig};
+use crate::channel::{self, Channel, ChannelTable, JoinConfig, Reevaluation};
 use crate::codec::{self, Broadcast, Frame, InPayload, Inbound, Reply};
-use crate::error::{AuthError, JoinError, POSTGRES_CHANGES_DISABLED, UNMATCHED_TOPIC};
+use crate::error::{
+    read_revoked, write_denied, AuthError, JoinError, PolicyError, POSTGRES_CHANGES_DISABLED,
+    UNMATCHED_TOPIC,
+};
 use crate::fanout::{ConnHandle, TopicKey};
+use crate::policies::{self, Permissions, Subject};
 
 pub struct Session {
     state: Arc<AppState>,
     conn: Arc<ConnHandle>,
     /// The verified connection token, used by joins that bring no `access_token`.
     conn_token: String,
+    /// The upgrade request's headers as a JSON object, for policies (`request.headers`).
+    headers: Arc<str>,
     channels: ChannelTable,
     delayed: VecDeque<(Instant, Frame)>,
+    evaluations: FuturesUnordered<BoxFuture<'static, Evaluated>>,
+    /// Private joins waiting for their policies, by Phoenix topic.
+    joining: HashMap<String, PendingJoin>,
+    last_ticket: u64,
 }
 
 /// What a successful join is granted with.
@@ -45,6 +63,20 @@ struct Grant {
     /// The token the channel is authorized with and its verified claims.
     token: String,
     claims: Claims,
+}
+
+/// A finished policy evaluation: for a pending join or a joined channel, told apart by ticket.
+pub struct Evaluated {
+    topic: String,
+    ticket: u64,
+    result: Result<Permissions, PolicyError>,
+}
+
+struct PendingJoin {
+    ticket: u64,
+    join_ref: Option<String>,
+    msg_ref: Option<String>,
+    grant: Grant,
 }
 
 /// `system` push payload (PROTOCOL.md §7.3).
@@ -57,13 +89,22 @@ struct System<'a> {
 }
 
 impl Session {
-    pub fn new(state: Arc<AppState>, conn: Arc<ConnHandle>, conn_token: String) -> Self {
+    pub fn new(
+        state: Arc<AppState>,
+        conn: Arc<ConnHandle>,
+        conn_token: String,
+        headers: Arc<str>,
+    ) -> Self {
         Session {
             state,
             conn,
             conn_token,
+            headers,
             channels: ChannelTable::default(),
             delayed: VecDeque::new(),
+            evaluations: FuturesUnordered::new(),
+            joining: HashMap::new(),
+            last_ticket: 0,
         }
     }
 
@@ -77,6 +118,8 @@ impl Session {
         }
         if self.channels.get(topic).is_none() {
             return if msg.event == "phx_leave" {
+                // A join still being authorized is abandoned; its verdict will be discarded.
+                self.joining.remove(topic);
                 // Phoenix answers a leave for a topic it no longer has with ok.
                 self.reply(
                     msg.join_ref.as_deref(),
@@ -107,13 +150,14 @@ impl Session {
     /// The next instant [`Session::on_timer`] has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let delayed = self.delayed.front().map(|(at, _)| *at);
-        [delayed, self.channels.next_expiry()]
+        [delayed, self.channels.next_deadline()]
             .into_iter()
             .flatten()
             .min()
     }
 
-    /// Send join errors whose backoff has elapsed and close channels whose token expired.
+    /// Send join errors whose backoff has elapsed, close channels whose token expired and start
+    /// the due policy re-checks.
     pub fn on_timer(&mut self, now: Instant) {
         while self.delayed.front().is_some_and(|(at, _)| *at <= now) {
             if let Some((_, frame)) = self.delayed.pop_front() {
@@ -123,8 +167,92 @@ impl Session {
         let now_unix = unix_now();
         for topic in self.channels.expired(now) {
             if let Some(ch) = self.channels.get(&topic) {
-                let secs_ago = now_unix.saturating_sub(ch.exp).max(0);
+                let secs_ago = now_unix.saturating_sub(ch.claims.exp).max(0);
                 self.shutdown_channel(&topic, &AuthError::Expired { secs_ago }.to_string());
+            }
+        }
+        let next = now + self.state.config.policy_recheck();
+        for topic in self.channels.due_rechecks(now) {
+            if let Some(ch) = self.channels.get_mut(&topic) {
+                ch.recheck_at = Some(next);
+            }
+            self.reevaluate(&topic, Reevaluation::Periodic);
+        }
+    }
+
+    /// The next finished policy evaluation; pending while there is none.
+    pub async fn evaluated(&mut self) -> Evaluated {
+        match self.evaluations.next().await {
+            Some(done) => done,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Act on a policy verdict: answer the join, or update or close the channel.
+    pub fn on_evaluated(&mut self, done: Evaluated) {
+        let Evaluated {
+            topic,
+            ticket,
+            result,
+        } = done;
+        let sub = channel::sub_topic(&topic).unwrap_or_default().to_owned();
+        if let Entry::Occupied(pending) = self.joining.entry(topic.clone()) {
+            if pending.get().ticket == ticket {
+                let join = pending.remove();
+                return self.finish_join(topic, sub, join, result);
+            }
+        }
+        let Some(ch) = self.channels.get_mut(&topic) else {
+            return; // left, or a superseded join
+        };
+        if ch.ticket != ticket {
+            return; // the channel was joined again since
+        }
+        let Some(kind) = ch.reevaluating.take() else {
+            return;
+        };
+        let presence_enabled = ch.presence_enabled;
+        if std::mem::take(&mut ch.reevaluate_again) {
+            // The token changed while this ran: its verdict is already stale.
+            return self.reevaluate(&topic, Reevaluation::Refresh);
+        }
+        match result {
+            Ok(permissions) if permissions.can_read(presence_enabled) => {
+                self.grant(&topic, permissions)
+            }
+            Ok(_) => self.shutdown_channel(&topic, &read_revoked(&sub)),
+            Err(err) => {
+                self.log_policy_error(&topic, &err);
+                // A periodic re-check keeps the channel through a database outage; a refresh
+                // reports it, as Realtime does.
+                if !(kind == Reevaluation::Periodic && err.is_transient()) {
+                    self.shutdown_channel(&topic, &err.close_message(&sub));
+                }
+            }
+        }
+    }
+
+    fn finish_join(
+        &mut self,
+        topic: String,
+        sub: String,
+        join: PendingJoin,
+        result: Result<Permissions, PolicyError>,
+    ) {
+        let PendingJoin {
+            join_ref,
+            msg_ref,
+            grant,
+            ..
+        } = join;
+        match result {
+            Ok(permissions) if permissions.can_read(grant.config.presence_enabled) => {
+                self.accept(topic, sub, join_ref, msg_ref, grant, permissions)
+            }
+            Ok(_) => self.refuse(join_ref, msg_ref, topic, JoinError::Unauthorized(sub)),
+            Err(err) => {
+                self.log_policy_error(&topic, &err);
+                self.refuse(join_ref, msg_ref, topic, err.join_error(&sub))
             }
         }
     }
@@ -146,10 +274,11 @@ impl Session {
                 json!({ "reason": UNMATCHED_TOPIC }),
             );
         };
+        self.joining.remove(&topic);
         // A duplicate join closes the old instance first (Phoenix); the client ignores this
         // phx_close because it carries the old join_ref.
         if let Some(old) = self.channels.remove(&topic) {
-            self.state.registry.unsubscribe(&old.key, old.sub_id);
+            self.release(&old);
             let old_ref = old.join_ref.as_deref();
             self.push(old_ref, old_ref, &topic, "phx_close", &json!({}));
         }
@@ -158,47 +287,67 @@ impl Session {
             InPayload::User(_) => Value::Null,
         };
         match self.authorize(&sub, &payload) {
-            Ok(grant) => self.accept(topic, sub, join_ref, msg_ref, grant),
-            Err(err) => {
-                tracing::info!(conn = self.conn.id, topic, reason = %err, "join refused");
-                let reply = Reply {
-                    status: "error",
-                    response: json!({ "reason": err.to_string() }),
+            Ok(grant) if grant.config.private => {
+                let subject = Subject::new(&grant.claims, &sub, self.headers.clone());
+                let ticket = self.evaluate(&topic, subject);
+                let pending = PendingJoin {
+                    ticket,
+                    join_ref,
+                    msg_ref,
+                    grant,
                 };
-                let frame = codec::encode(
-                    self.conn.vsn,
-                    join_ref.as_deref(),
-                    msg_ref.as_deref(),
-                    &topic,
-                    "phx_reply",
-                    &reply,
-                );
-                let at = Instant::now() + self.state.config.channel_error_backoff();
-                self.delayed.push_back((at, frame));
+                self.joining.insert(topic, pending);
             }
+            Ok(grant) => self.accept(topic, sub, join_ref, msg_ref, grant, Permissions::PUBLIC),
+            Err(err) => self.refuse(join_ref, msg_ref, topic, err),
         }
     }
 
-    /// Join checks in Realtime's order of precedence (PROTOCOL.md §3.3).
+    /// Join checks in Realtime's order of precedence (PROTOCOL.md §3.3); the policies of a
+    /// private channel are evaluated afterwards, asynchronously.
     fn authorize(&self, sub: &str, payload: &Value) -> Result<Grant, JoinError> {
         if sub.is_empty() {
             return Err(JoinError::TopicNameRequired);
         }
-        if self.channels.len() >= self.state.config.max_channels_per_client as usize {
+        // Evaluations in flight count too, so a client cannot pile up database work.
+        if self.channels.len() + self.evaluations.len()
+            >= self.state.config.max_channels_per_client as usize
+        {
             return Err(JoinError::TooManyChannels);
         }
         let config = JoinConfig::parse(payload);
         let token = channel::join_token(payload, &self.conn_token).to_owned();
         let claims = self.state.auth.verify(&token)?;
-        if config.private {
-            // RLS authorization of private channels is not implemented yet: refuse, never allow.
-            return Err(JoinError::Unauthorized(sub.to_owned()));
-        }
         Ok(Grant {
             config,
             token,
             claims,
         })
+    }
+
+    /// Answer a join with an error after the backoff.
+    fn refuse(
+        &mut self,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        topic: String,
+        err: JoinError,
+    ) {
+        tracing::info!(conn = self.conn.id, topic, reason = %err, "join refused");
+        let reply = Reply {
+            status: "error",
+            response: json!({ "reason": err.to_string() }),
+        };
+        let frame = codec::encode(
+            self.conn.vsn,
+            join_ref.as_deref(),
+            msg_ref.as_deref(),
+            &topic,
+            "phx_reply",
+            &reply,
+        );
+        let at = Instant::now() + self.state.config.channel_error_backoff();
+        self.delayed.push_back((at, frame));
     }
 
     fn accept(
@@ -208,6 +357,7 @@ impl Session {
         join_ref: Option<String>,
         msg_ref: Option<String>,
         grant: Grant,
+        permissions: Permissions,
     ) {
         let Grant {
             config,
@@ -218,15 +368,19 @@ impl Session {
             sub_topic: sub.clone(),
             private: config.private,
         };
-        let sub_id = self
-            .state
-            .registry
-            .subscribe(key.clone(), self.conn.clone());
+        let sub_id = permissions.broadcast_read.then(|| {
+            self.state
+                .registry
+                .subscribe(key.clone(), self.conn.clone())
+        });
         let echo: Vec<Value> = config
             .postgres_changes
             .iter()
             .map(channel::postgres_change_echo)
             .collect();
+        let recheck_at = config
+            .private
+            .then(|| Instant::now() + self.state.config.policy_recheck());
         self.channels.insert(
             topic.clone(),
             Channel {
@@ -235,9 +389,15 @@ impl Session {
                 sub_id,
                 broadcast_self: config.broadcast_self,
                 broadcast_ack: config.broadcast_ack,
+                presence_enabled: config.presence_enabled,
+                permissions,
                 token,
-                exp: claims.exp,
                 expires_at: channel::deadline(claims.exp, unix_now()),
+                claims,
+                recheck_at,
+                ticket: 0,
+                reevaluating: None,
+                reevaluate_again: false,
             },
         );
         tracing::debug!(conn = self.conn.id, topic, "joined");
@@ -258,7 +418,7 @@ impl Session {
             };
             self.push(join_ref.as_deref(), None, &topic, "system", &system);
         }
-        if config.presence_enabled {
+        if config.presence_enabled && permissions.presence_read {
             self.push(
                 join_ref.as_deref(),
                 None,
@@ -269,11 +429,33 @@ impl Session {
         }
     }
 
+    /// Apply a new verdict to a joined channel: (un)subscribe broadcasts to match it.
+    fn grant(&mut self, topic: &str, permissions: Permissions) {
+        let Some(ch) = self.channels.get_mut(topic) else {
+            return;
+        };
+        match (permissions.broadcast_read, ch.sub_id) {
+            (true, None) => {
+                ch.sub_id = Some(
+                    self.state
+                        .registry
+                        .subscribe(ch.key.clone(), self.conn.clone()),
+                )
+            }
+            (false, Some(id)) => {
+                self.state.registry.unsubscribe(&ch.key, id);
+                ch.sub_id = None;
+            }
+            _ => {}
+        }
+        ch.permissions = permissions;
+    }
+
     fn leave(&mut self, topic: &str, msg_ref: Option<&str>) {
         let Some(ch) = self.channels.remove(topic) else {
             return;
         };
-        self.state.registry.unsubscribe(&ch.key, ch.sub_id);
+        self.release(&ch);
         let join_ref = ch.join_ref.as_deref();
         self.reply(join_ref, msg_ref, topic, "ok", json!({}));
         self.push(join_ref, join_ref, topic, "phx_close", &json!({}));
@@ -283,6 +465,25 @@ impl Session {
         let Some(ch) = self.channels.get(topic) else {
             return;
         };
+        if !ch.permissions.broadcast_write {
+            tracing::debug!(
+                conn = self.conn.id,
+                topic,
+                "broadcast denied by policy, dropped"
+            );
+            if ch.broadcast_ack {
+                let reason = write_denied(&ch.key.sub_topic);
+                let join_ref = ch.join_ref.as_deref();
+                self.reply(
+                    join_ref,
+                    msg_ref,
+                    topic,
+                    "error",
+                    json!({ "reason": reason }),
+                );
+            }
+            return;
+        }
         let msg = match payload {
             InPayload::User(user) => Broadcast::User(user),
             InPayload::Json(raw) if raw.get().starts_with('{') => Broadcast::Json(raw),
@@ -295,14 +496,15 @@ impl Session {
                 return;
             }
         };
-        let exclude = (!ch.broadcast_self).then_some(ch.sub_id);
+        let exclude = ch.sub_id.filter(|_| !ch.broadcast_self);
         self.state.registry.publish(&ch.key, &msg, exclude);
         if ch.broadcast_ack {
             self.reply(ch.join_ref.as_deref(), msg_ref, topic, "ok", json!({}));
         }
     }
 
-    /// `access_token` push: never answered; an invalid token closes the channel (§7.1).
+    /// `access_token` push: never answered; an invalid token closes the channel, a valid one
+    /// re-evaluates a private channel's policies with the new claims (§7.1).
     fn refresh_token(&mut self, topic: &str, payload: InPayload) {
         let InPayload::Json(raw) = payload else {
             return;
@@ -322,11 +524,51 @@ impl Session {
         match self.state.auth.verify(token) {
             Ok(claims) => {
                 ch.token = token.to_owned();
-                ch.exp = claims.exp;
                 ch.expires_at = channel::deadline(claims.exp, unix_now());
+                ch.claims = claims;
+                if ch.key.private {
+                    self.reevaluate(topic, Reevaluation::Refresh);
+                }
             }
             Err(err) => self.shutdown_channel(topic, &err.refresh_message()),
         }
+    }
+
+    /// Start evaluating a joined channel's policies with its current claims, unless one is
+    /// already running (then a refresh asks for one more round when it finishes).
+    fn reevaluate(&mut self, topic: &str, kind: Reevaluation) {
+        let Some(ch) = self.channels.get_mut(topic) else {
+            return;
+        };
+        if ch.reevaluating.is_some() {
+            ch.reevaluate_again |= kind == Reevaluation::Refresh;
+            return;
+        }
+        ch.reevaluating = Some(kind);
+        let subject = Subject::new(&ch.claims, &ch.key.sub_topic, self.headers.clone());
+        let ticket = self.evaluate(topic, subject);
+        if let Some(ch) = self.channels.get_mut(topic) {
+            ch.ticket = ticket;
+        }
+    }
+
+    /// Start a policy evaluation owned by this session; returns its ticket.
+    fn evaluate(&mut self, topic: &str, subject: Subject) -> u64 {
+        self.last_ticket += 1;
+        let (pool, topic, ticket) = (self.state.db.clone(), topic.to_owned(), self.last_ticket);
+        self.evaluations.push(Box::pin(async move {
+            let result = policies::evaluate(pool, subject).await;
+            Evaluated {
+                topic,
+                ticket,
+                result,
+            }
+        }));
+        ticket
+    }
+
+    fn log_policy_error(&self, topic: &str, err: &PolicyError) {
+        tracing::warn!(conn = self.conn.id, topic, error = %err, "private channel policies could not be evaluated");
     }
 
     /// Server-side channel close: `system` error, then `phx_close` with `ref = join_ref`.
@@ -334,7 +576,7 @@ impl Session {
         let Some(ch) = self.channels.remove(topic) else {
             return;
         };
-        self.state.registry.unsubscribe(&ch.key, ch.sub_id);
+        self.release(&ch);
         tracing::info!(
             conn = self.conn.id,
             topic,
@@ -350,6 +592,13 @@ impl Session {
         };
         self.push(join_ref, None, topic, "system", &system);
         self.push(join_ref, join_ref, topic, "phx_close", &json!({}));
+    }
+
+    /// Drop a removed channel's registry subscription.
+    fn release(&self, ch: &Channel) {
+        if let Some(id) = ch.sub_id {
+            self.state.registry.unsubscribe(&ch.key, id);
+        }
     }
 
     fn reply(
@@ -391,7 +640,9 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         for (_, ch) in self.channels.drain() {
-            self.state.registry.unsubscribe(&ch.key, ch.sub_id);
+            if let Some(id) = ch.sub_id {
+                self.state.registry.unsubscribe(&ch.key, id);
+            }
         }
     }
 }
@@ -417,7 +668,7 @@ mod tests {
             "--client-queue-frames=16",
         ])
         .expect("test config");
-        AppState::new(config)
+        AppState::new(config).expect("test state")
     }
 
     struct Client {
@@ -428,7 +679,7 @@ mod tests {
     impl Client {
         fn new(state: &Arc<AppState>) -> Self {
             let (conn, rx) = ConnHandle::new(state.next_conn_id(), Vsn::V2, 16, &state.shutdown);
-            let session = Session::new(state.clone(), conn, valid_token());
+            let session = Session::new(state.clone(), conn, valid_token(), "{}".into());
             Client { session, rx }
         }
 
@@ -557,12 +808,6 @@ mod tests {
             reason(c.join("realtime:", "1", json!({}))).as_deref(),
             Some("TopicNameRequired: You must provide a topic name")
         );
-        assert_eq!(
-            reason(c.join("realtime:secret", "2", json!({"private": true}))).as_deref(),
-            Some(
-                "Unauthorized: You do not have permissions to read from this Channel topic: secret"
-            )
-        );
         let expired = token(&json!({"role":"anon","exp": unix_now() - 5}));
         c.send(
             &json!(["3", "3", "realtime:a", "phx_join", {"config": {}, "access_token": expired}])
@@ -583,11 +828,253 @@ mod tests {
         );
     }
 
+    const READ_ONLY: Permissions = Permissions {
+        broadcast_read: true,
+        broadcast_write: false,
+        presence_read: false,
+        presence_write: false,
+    };
+
+    fn private_key(sub: &str) -> TopicKey {
+        TopicKey {
+            sub_topic: sub.into(),
+            private: true,
+        }
+    }
+
+    fn empty_broadcast() -> Broadcast {
+        Broadcast::Json(serde_json::value::RawValue::from_string("{}".into()).expect("json"))
+    }
+
+    impl Client {
+        /// Deliver a verdict for the evaluation in flight on `topic` (a join or a joined channel).
+        fn verdict(&mut self, topic: &str, result: Result<Permissions, PolicyError>) {
+            let ticket = match self.session.joining.get(topic) {
+                Some(join) => join.ticket,
+                None => self.session.channels.get(topic).expect("channel").ticket,
+            };
+            // The real evaluations are never polled here; drop them as if they had finished.
+            self.session.evaluations.clear();
+            self.session.on_evaluated(Evaluated {
+                topic: topic.into(),
+                ticket,
+                result,
+            });
+            self.session.on_timer(Instant::now());
+        }
+
+        fn private_join(&mut self, topic: &str, join_ref: &str, config: Value) {
+            let mut config = config;
+            config["private"] = json!(true);
+            self.send(
+                &json!([join_ref, join_ref, topic, "phx_join", {"config": config}]).to_string(),
+            );
+        }
+    }
+
+    #[test]
+    fn private_join_is_answered_by_its_policies() {
+        let state = state();
+        let mut c = Client::new(&state);
+        c.private_join("realtime:room1", "1", json!({}));
+        c.assert_silent(); // waiting for the database
+        c.verdict("realtime:room1", Ok(READ_ONLY));
+        assert_eq!(c.recv()[4]["status"], "ok");
+        assert_eq!(
+            state
+                .registry
+                .publish(&private_key("room1"), &empty_broadcast(), None),
+            1
+        );
+        assert_eq!(c.recv()[3], "broadcast");
+        // A public channel of the same name is another namespace.
+        assert_eq!(
+            state.registry.publish(
+                &TopicKey {
+                    sub_topic: "room1".into(),
+                    private: false
+                },
+                &empty_broadcast(),
+                None
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn private_join_refusals() {
+        let state = state();
+        let mut c = Client::new(&state);
+        let reason = |v: Value| v[4]["response"]["reason"].as_str().map(str::to_owned);
+        let presence_only = Permissions {
+            presence_read: true,
+            ..Permissions::default()
+        };
+        c.private_join("realtime:a", "1", json!({}));
+        c.verdict("realtime:a", Ok(presence_only));
+        assert_eq!(
+            reason(c.recv()).as_deref(),
+            Some("Unauthorized: You do not have permissions to read from this Channel topic: a")
+        );
+        // Presence read is enough when the channel uses presence; no broadcasts then.
+        c.private_join("realtime:a", "2", json!({"presence": {"enabled": true}}));
+        c.verdict("realtime:a", Ok(presence_only));
+        assert_eq!(c.recv()[4]["status"], "ok");
+        assert_eq!(c.recv()[3], "presence_state");
+        assert_eq!(
+            state
+                .registry
+                .publish(&private_key("a"), &empty_broadcast(), None),
+            0
+        );
+
+        for (err, expected) in [
+            (
+                PolicyError::UnknownRole("ghost".into()),
+                "Unauthorized: The role \"ghost\" of the token does not exist in the database",
+            ),
+            (
+                PolicyError::PoolExhausted,
+                "IncreaseConnectionPool: Please increase your connection pool size",
+            ),
+            (
+                PolicyError::Unavailable("down".into()),
+                "UnableToConnectToProject: Realtime was unable to connect to the project database",
+            ),
+            (
+                PolicyError::Policy("division by zero".into()),
+                "Unauthorized: You do not have permissions to read from this Channel topic: b",
+            ),
+        ] {
+            c.private_join("realtime:b", "3", json!({}));
+            c.verdict("realtime:b", Err(err));
+            assert_eq!(reason(c.recv()).as_deref(), Some(expected));
+        }
+    }
+
+    #[test]
+    fn denied_broadcast_is_dropped_and_acked_with_an_error() {
+        let state = state();
+        let mut reader = Client::new(&state);
+        let mut writer = Client::new(&state);
+        reader.private_join("realtime:r", "1", json!({"broadcast": {"ack": true}}));
+        reader.verdict("realtime:r", Ok(READ_ONLY));
+        reader.recv();
+        writer.private_join("realtime:r", "1", json!({}));
+        writer.verdict("realtime:r", Ok(Permissions::PUBLIC));
+        writer.recv();
+
+        let push = json!({"type":"broadcast","event":"e","payload":{}});
+        reader.send(&json!(["1", "5", "realtime:r", "broadcast", push]).to_string());
+        assert_eq!(
+            reader.recv(),
+            json!(["1", "5", "realtime:r", "phx_reply", {"status":"error","response":{"reason":
+                "Unauthorized: You do not have permissions to write to this Channel topic: r"}}])
+        );
+        writer.assert_silent();
+        writer.send(&json!(["1", "6", "realtime:r", "broadcast", push]).to_string());
+        assert_eq!(reader.recv()[3], "broadcast");
+    }
+
+    #[test]
+    fn refresh_reevaluates_and_revocation_closes() {
+        let state = state();
+        let mut c = Client::new(&state);
+        c.private_join("realtime:r", "1", json!({}));
+        c.verdict("realtime:r", Ok(READ_ONLY));
+        c.recv();
+        let refresh = |n: u8| {
+            let t = token(&json!({"role":"authenticated","sub": n,"exp": unix_now() + 60}));
+            json!(["1", null, "realtime:r", "access_token", {"access_token": t}]).to_string()
+        };
+        c.send(&refresh(1));
+        let first = c.session.channels.get("realtime:r").expect("joined").ticket;
+        // A second refresh while the first runs: the first verdict is stale, one more round.
+        c.send(&refresh(2));
+        c.verdict("realtime:r", Ok(Permissions::default()));
+        c.assert_silent();
+        let second = c
+            .session
+            .channels
+            .get("realtime:r")
+            .expect("still joined")
+            .ticket;
+        assert_ne!(first, second);
+        c.verdict("realtime:r", Ok(Permissions::default()));
+        assert_eq!(
+            c.recv(),
+            json!(["1", null, "realtime:r", "system", {"extension":"system","status":"error",
+                   "message":"You no longer have permission to read from this Channel topic: r","channel":"r"}])
+        );
+        assert_eq!(c.recv(), json!(["1", "1", "realtime:r", "phx_close", {}]));
+        assert_eq!(
+            state
+                .registry
+                .publish(&private_key("r"), &empty_broadcast(), None),
+            0
+        );
+    }
+
+    #[test]
+    fn stale_verdicts_are_ignored() {
+        let state = state();
+        let mut c = Client::new(&state);
+        c.private_join("realtime:s", "1", json!({}));
+        let stale = c.session.joining.get("realtime:s").expect("pending").ticket;
+        c.send(r#"["1","2","realtime:s","phx_leave",{}]"#);
+        assert_eq!(c.recv()[4]["status"], "ok");
+        c.session.on_evaluated(Evaluated {
+            topic: "realtime:s".into(),
+            ticket: stale,
+            result: Ok(READ_ONLY),
+        });
+        c.assert_silent();
+        assert!(c.session.channels.get("realtime:s").is_none());
+    }
+
+    #[test]
+    fn periodic_recheck_survives_a_database_outage_but_not_a_revocation() {
+        let state = state();
+        let mut c = Client::new(&state);
+        c.private_join("realtime:p", "1", json!({}));
+        c.verdict("realtime:p", Ok(READ_ONLY));
+        c.recv();
+        let due = c
+            .session
+            .channels
+            .get("realtime:p")
+            .and_then(|ch| ch.recheck_at);
+        c.session.on_timer(due.expect("a re-check is scheduled"));
+        c.verdict("realtime:p", Err(PolicyError::Unavailable("down".into())));
+        c.assert_silent();
+        let due = c.session.next_deadline().expect("next re-check");
+        c.session.on_timer(due);
+        c.verdict("realtime:p", Ok(Permissions::default()));
+        assert_eq!(c.recv()[3], "system");
+        assert_eq!(c.recv()[3], "phx_close");
+    }
+
+    #[tokio::test]
+    async fn private_join_without_a_database_is_a_clear_error() {
+        let state = state();
+        let mut c = Client::new(&state);
+        c.private_join("realtime:x", "1", json!({}));
+        let done = tokio::time::timeout(std::time::Duration::from_secs(20), c.session.evaluated())
+            .await
+            .expect("the evaluation ends");
+        c.session.on_evaluated(done);
+        c.session.on_timer(Instant::now());
+        assert_eq!(
+            c.recv()[4]["response"]["reason"],
+            "UnableToConnectToProject: Realtime was unable to connect to the project database"
+        );
+    }
+
     #[test]
     fn join_error_reply_waits_for_backoff() {
         let state = state();
         let (conn, mut rx) = ConnHandle::new(1, Vsn::V2, 4, &state.shutdown);
-        let mut session = Session::new(state.clone(), conn, valid_token());
+        let mut session = Session::new(state.clone(), conn, valid_token(), "{}".into());
         session.handle(
             codec::decode_text(Vsn::V2, r#"["1","1","realtime:","phx_join",{}]"#).expect("frame"),
         );

@@ -67,6 +67,7 @@ pub async fn upgrade(
             return err.into_response();
         }
     };
+    let headers = headers_json(&headers);
     let max = state.config.max_frame_bytes as usize;
     let tracked = state.connections.token();
     ws.read_buffer_size(READ_BUFFER_BYTES)
@@ -76,7 +77,7 @@ pub async fn upgrade(
         .on_failed_upgrade(|err| tracing::info!(error = %err, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;
-            serve(socket, state, vsn, token).await;
+            serve(socket, state, vsn, token, headers).await;
         })
 }
 
@@ -95,11 +96,30 @@ fn connect_token(
     Ok(token.to_owned())
 }
 
-async fn serve(socket: WebSocket, state: Arc<AppState>, vsn: Vsn, token: String) {
+/// The request headers as a JSON object (names lower-case; a repeated header keeps its last
+/// value), as Realtime hands them to policies in `request.headers`.
+fn headers_json(headers: &HeaderMap) -> Arc<str> {
+    let map: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value.into())
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string().into()
+}
+
+async fn serve(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    vsn: Vsn,
+    token: String,
+    headers: Arc<str>,
+) {
     let capacity = state.config.client_queue_frames as usize;
     let (conn, rx) = ConnHandle::new(state.next_conn_id(), vsn, capacity, &state.shutdown);
     tracing::info!(conn = conn.id, ?vsn, "connected");
-    let mut session = Session::new(state, conn.clone(), token);
+    let mut session = Session::new(state, conn.clone(), token, headers);
     let (sink, stream) = socket.split();
     let writer = write_loop(sink, rx, conn.clone());
     tokio::pin!(writer);
@@ -133,6 +153,7 @@ where
             .map_or(idle_deadline, |at| at.min(idle_deadline));
         tokio::select! {
             () = kill.cancelled() => return,
+            evaluated = session.evaluated() => session.on_evaluated(evaluated),
             () = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 if now >= idle_deadline {
@@ -250,7 +271,8 @@ mod tests {
             "--channel-error-backoff-ms=0",
         ];
         args.extend_from_slice(extra);
-        let state = AppState::new(Config::try_parse_from(args).expect("test config"));
+        let state =
+            AppState::new(Config::try_parse_from(args).expect("test config")).expect("test state");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = state.shutdown.clone();
@@ -561,7 +583,11 @@ mod tests {
             }
         })
         .await;
-        assert_eq!(code.ok(), Some(Some(1009)), "oversize sender is closed with 1009");
+        assert_eq!(
+            code.ok(),
+            Some(Some(1009)),
+            "oversize sender is closed with 1009"
+        );
         heartbeat_v2(&mut other).await;
     }
 

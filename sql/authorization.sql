@@ -1,0 +1,84 @@
+-- Private-channel authorization (Supabase semantics, PROTOCOL.md §9.4).
+--
+-- Policies on realtime.messages decide who may use a private channel: a SELECT policy lets a
+-- user join and receive (`extension` 'broadcast' or 'presence'), an INSERT policy lets them send
+-- a broadcast or track presence. Policies see the channel as realtime.topic() and the user's JWT
+-- through request.jwt.claims, exactly as PostgREST and Supabase set them.
+
+-- Same columns as Supabase's table, so policies written for Supabase work unchanged. It is a
+-- policy surface only: the sidecar's probe rows are always rolled back, so it stays empty.
+-- UNLOGGED, because rows that never commit need no WAL. Send messages with realtime.send().
+create unlogged table realtime.messages (
+    topic          text      not null,
+    extension      text      not null,
+    payload        jsonb,
+    event          text,
+    private        boolean   default false,
+    updated_at     timestamp not null default now(),
+    inserted_at    timestamp not null default now(),
+    id             uuid      not null default gen_random_uuid(),
+    binary_payload bytea,
+    primary key (id, inserted_at),
+    check (payload is null or binary_payload is null)
+);
+alter table realtime.messages enable row level security;
+-- Row access is decided by policies alone (none: nobody but the owner sees or inserts a row).
+grant select, insert, update on realtime.messages to public;
+
+-- _authorize: what `_role` with `_claims` may do on private channel `_topic`. Runs as the
+-- sidecar's database user, which must be allowed to SET ROLE to `_role`.
+--
+-- Probe rows for 'broadcast' and 'presence' are inserted as the caller, then, as `_role`, read
+-- back (SELECT policies → *_read) and inserted again (INSERT policies → *_write; SQLSTATE 42501
+-- means denied). Everything happens inside a block that always ends in an exception, so the
+-- probes, the role and the settings are rolled back before the function returns; the verdicts
+-- survive in the OUT variables. A role that does not exist raises 28000.
+create function realtime._authorize(
+    _role text, _claims jsonb, _topic text, _headers jsonb,
+    out broadcast_read boolean, out broadcast_write boolean,
+    out presence_read boolean, out presence_write boolean)
+language plpgsql volatile
+as $$
+declare
+    broadcast_probe uuid;
+    presence_probe uuid;
+begin
+    if not exists (select from pg_catalog.pg_roles where rolname = _role) then
+        raise exception 'role "%" does not exist', _role using errcode = 'invalid_authorization_specification';
+    end if;
+    begin
+        perform pg_catalog.set_config('realtime.topic', _topic, true),
+                pg_catalog.set_config('request.jwt.claims', _claims::text, true),
+                pg_catalog.set_config('request.jwt.claim.sub', coalesce(_claims ->> 'sub', ''), true),
+                pg_catalog.set_config('request.jwt.claim.role', coalesce(_claims ->> 'role', ''), true),
+                pg_catalog.set_config('request.headers', _headers::text, true);
+        insert into realtime.messages (topic, extension) values (_topic, 'broadcast')
+            returning id into broadcast_probe;
+        insert into realtime.messages (topic, extension) values (_topic, 'presence')
+            returning id into presence_probe;
+
+        perform pg_catalog.set_config('role', _role, true);
+        select coalesce(bool_or(m.id = broadcast_probe), false),
+               coalesce(bool_or(m.id = presence_probe), false)
+          into broadcast_read, presence_read
+          from realtime.messages m
+         where m.topic = _topic and m.id in (broadcast_probe, presence_probe);
+        begin
+            insert into realtime.messages (topic, extension) values (_topic, 'broadcast');
+            broadcast_write := true;
+        exception when insufficient_privilege then
+            broadcast_write := false;
+        end;
+        begin
+            insert into realtime.messages (topic, extension) values (_topic, 'presence');
+            presence_write := true;
+        exception when insufficient_privilege then
+            presence_write := false;
+        end;
+        raise exception using errcode = 'PRTRB';
+    exception when sqlstate 'PRTRB' then
+        -- Rolled back: probes, role and settings are gone; the verdicts remain.
+    end;
+end
+$$;
+revoke execute on function realtime._authorize(text, jsonb, text, jsonb) from public;
