@@ -6,6 +6,7 @@
 #      loss) and latency at 10k deliveries/s, sidecar vs relay;
 #   3. idle wake-up latency (single broadcasts 50 ms apart), sidecar vs relay;
 #   2. writer throughput with pgbench (INSERT vs INSERT + realtime.broadcast vs INSERT + pg_notify),
+#   4. private-channel joins/s with an RLS membership policy evaluated on each join, vs public joins,
 # writes bench/report/report.json and bench/report/report.md, and tears everything down.
 # Exit status: 0 when the run completed (whether or not the targets were met: misses are reported),
 # non-zero when the run itself failed (build, start-up, a crashed component, a benchmark error).
@@ -119,10 +120,12 @@ if [ "$QUICK" = 1 ]; then
   SUBS=${BENCH_SUBSCRIBERS:-200}
   FAN_ARGS=(--subscribers "$SUBS" --idle-count 20 --latency-secs 3 --step-secs 2 --max-steps 6 --search-budget-s 60)
   WRITER_ARGS=(--seconds 3 --rounds 1)
+  JOIN_ARGS=(--step-secs 2 --rounds 2)
 else
   FAN_ARGS=(--subscribers "$SUBS" --idle-count 100 --idle-interval-ms 50 --latency-rate 10 --latency-secs 10
     --step-secs 3 --start-rate 100 --p99-ms 100 --max-steps 14 --search-budget-s 200)
   WRITER_ARGS=(--seconds 6 --rounds 2 --clients 16 --threads 2)
+  JOIN_ARGS=(--step-secs 5 --rounds 3)
 fi
 
 FAILED=0
@@ -141,6 +144,12 @@ alive
 log "writers: pgbench (sidecar connected and draining)"
 "$BIN/pg-realtime-bench" writers --host 127.0.0.1 --port "$PG_PORT" --pgbench "$PGBIN/pgbench" --sidecar-pid "$SIDECAR_PID" \
   --scripts "$ROOT/bench" --out "$RAW/writers.json" "${WRITER_ARGS[@]}" || { log "writer run failed"; FAILED=1; }
+alive
+
+log "joins: private (RLS policy per join) vs public, alternating"
+"$BIN/pg-realtime-bench" joins --ws "ws://127.0.0.1:$SIDECAR_PORT/realtime/v1/websocket" --dsn "$DSN" \
+  --jwt-secret "$SECRET" --sidecar-pid "$SIDECAR_PID" --out "$RAW/joins.json" \
+  --connections 50 --rooms 100 "${JOIN_ARGS[@]}" || { log "join run failed"; FAILED=1; }
 alive
 
 log "report"

@@ -85,17 +85,22 @@ pub struct Clients {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-pub fn join_message(topic: &str) -> String {
-    serde_json::json!(["1", "1", topic, "phx_join", {"config": {
+/// A v2 `phx_join` (`join_ref` = `msg_ref` = `r`) for broadcasts only; `access_token` is the
+/// channel's own token (without one the connection's token applies).
+pub fn join_message(r: &str, topic: &str, private: bool, access_token: Option<&str>) -> String {
+    let mut payload = serde_json::json!({"config": {
         "broadcast": {"self": false, "ack": false},
         "presence": {"key": "", "enabled": false},
         "postgres_changes": [],
-        "private": false
-    }}])
-    .to_string()
+        "private": private
+    }});
+    if let Some(t) = access_token {
+        payload["access_token"] = t.into();
+    }
+    serde_json::json!([r, r, topic, "phx_join", payload]).to_string()
 }
 
-fn client_ws_config() -> WebSocketConfig {
+pub fn client_ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
@@ -108,7 +113,7 @@ async fn client_session(
     stop: &mut watch::Receiver<bool>,
     connect_permits: &Semaphore,
 ) -> Result<(), String> {
-    let join = join_message(topic);
+    let join = join_message("1", topic, false, None);
     let mut ws = {
         let _permit = connect_permits.acquire().await.map_err(|e| e.to_string())?;
         let (mut ws, _) = timeout(
@@ -506,14 +511,40 @@ impl Drop for Producer {
 // ---------------------------------------------------------------------------------------------
 // Server CPU accounting (for efficiency figures; optional)
 
-pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
+/// From /proc/PID/stat: (parent pid, own CPU seconds, CPU seconds of its reaped children).
+fn proc_stat(pid: u32) -> Option<(u32, f64, f64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // fields after ")" start at index 3 (state); utime = 14th, stime = 15th overall.
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    // fields after ")" start at index 3 (state): ppid = 4th, utime..cstime = 14th..17th overall.
+    let ticks = |i: usize| -> Option<f64> { Some(f.get(i)?.parse::<f64>().ok()? / 100.0) };
+    Some((
+        f.get(1)?.parse().ok()?,
+        ticks(11)? + ticks(12)?,
+        ticks(13)? + ticks(14)?,
+    ))
+}
+
+pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    proc_stat(pid).map(|s| s.1)
+}
+
+/// CPU seconds of `root` and its children (a postmaster and its backends): live children are
+/// read one by one, exited ones are in the root's reaped-children time.
+pub fn proc_tree_cpu_secs(root: u32) -> Option<f64> {
+    let (_, own, reaped) = proc_stat(root)?;
+    let children: f64 = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_stat)
+        .filter(|s| s.0 == root)
+        .map(|s| s.1)
+        .sum();
+    Some(own + reaped + children)
+}
+
+pub fn proc_parent(pid: u32) -> Option<u32> {
+    proc_stat(pid).map(|s| s.0)
 }
 
 pub fn proc_rss_kb(pid: u32, key: &str) -> Option<u64> {

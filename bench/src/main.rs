@@ -9,8 +9,12 @@
 //!           (several targets are measured interleaved: idle A, B; latency A, B; search steps A, B, A, ...)
 //!   writers --host H --port P --pgbench PATH --scripts DIR --out FILE
 //!           [--user postgres --db postgres --seconds 8 --rounds 2 --clients 16 --threads 2 --settle-ms 1500]
+//!   joins   --ws ws://127.0.0.1:P/realtime/v1/websocket --dsn DSN --jwt-secret S --out FILE
+//!           [--sidecar-pid PID --connections 50 --rooms 100 --step-secs 5 --rounds 2 --warmup-secs 1]
+//!           (private joins with a per-user RLS policy vs public joins, alternating)
 //!   report  --raw DIR --out DIR      (exit 0 when the run completed, 3 when a part of it failed)
 mod frame;
+mod joins;
 mod jwt;
 mod loadgen;
 mod relay;
@@ -56,7 +60,7 @@ impl Args {
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     let code = match argv.get(1).map(|s| s.as_str()) {
-        Some(cmd @ ("relay" | "fanout" | "writers" | "report")) => {
+        Some(cmd @ ("relay" | "fanout" | "writers" | "joins" | "report")) => {
             match Args::parse(&argv[2..]).and_then(|a| run(cmd, a)) {
                 Ok(code) => code,
                 Err(e) => {
@@ -66,7 +70,7 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: pg-realtime-bench relay|fanout|writers|report --key value ... (see src/main.rs)");
+            eprintln!("usage: pg-realtime-bench relay|fanout|writers|joins|report --key value ... (see src/main.rs)");
             2
         }
     };
@@ -108,7 +112,7 @@ fn run(cmd: &str, a: Args) -> Result<i32, String> {
                 };
                 let mut url = a.req(&format!("ws{suffix}"))?;
                 if let Some(secret) = a.0.get("jwt-secret") {
-                    let token = jwt::hs256(secret, &a.str("role", "anon"), 3600);
+                    let token = jwt::hs256(secret, &a.str("role", "anon"), 3600, &[]);
                     url = format!("{url}?apikey={token}&vsn=2.0.0");
                 }
                 targets.push(loadgen::TargetSpec {
@@ -171,6 +175,24 @@ fn run(cmd: &str, a: Args) -> Result<i32, String> {
             };
             let out = a.req("out")?;
             let r = runtime()?.block_on(writers::run(&o));
+            std::fs::write(&out, serde_json::to_string_pretty(&r).unwrap())
+                .map_err(|e| format!("{out}: {e}"))?;
+            Ok(if r.error.is_some() { 3 } else { 0 })
+        }
+        "joins" => {
+            let o = joins::JoinsOpts {
+                url: a.req("ws")?,
+                dsn: a.req("dsn")?,
+                jwt_secret: a.req("jwt-secret")?,
+                connections: a.get("connections", 50)?,
+                rooms: a.get("rooms", 100)?,
+                step_secs: a.get("step-secs", 5.0)?,
+                rounds: a.get("rounds", 2)?,
+                warmup_secs: a.get("warmup-secs", 1.0)?,
+                sidecar_pid: a.0.get("sidecar-pid").and_then(|p| p.parse().ok()),
+            };
+            let out = a.req("out")?;
+            let r = runtime()?.block_on(joins::run(&o));
             std::fs::write(&out, serde_json::to_string_pretty(&r).unwrap())
                 .map_err(|e| format!("{out}: {e}"))?;
             Ok(if r.error.is_some() { 3 } else { 0 })

@@ -1,4 +1,5 @@
 //! Assembles bench/report/report.json and report.md from the raw results of one run.
+use crate::joins::{JoinTotals, JoinsResult};
 use crate::loadgen::{FanoutResult, StepResult};
 use crate::writers::WritersResult;
 use serde::Serialize;
@@ -16,7 +17,7 @@ pub struct Figure {
     pub ratio: Option<f64>,
     /// Human-readable target.
     pub target: String,
-    /// ratio_min | ratio_max | max | reference
+    /// ratio_min | ratio_max | min | max | reference
     pub target_kind: String,
     pub target_value: Option<f64>,
     /// None: no target (reference figure) or not measurable.
@@ -48,6 +49,7 @@ fn fig(
     let (target, pass) = match (kind, target_value) {
         ("ratio_min", Some(t)) => (format!(">= {t}x baseline"), r.map(|r| r >= t)),
         ("ratio_max", Some(t)) => (format!("<= {t}x baseline"), r.map(|r| r <= t)),
+        ("min", Some(t)) => (format!(">= {t} {unit}"), value.map(|v| v >= t)),
         ("max", Some(t)) => (format!("<= {t} {unit}"), value.map(|v| v <= t)),
         _ => ("reference (no target)".to_string(), None),
     };
@@ -123,6 +125,24 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
     };
     if let Some(e) = writers.as_ref().and_then(|w| w.error.clone()) {
         problems.push(format!("writer benchmark failed: {e}"));
+    }
+    let joins: Option<JoinsResult> = match read(&raw.join("joins.json")) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            problems.push(format!("join results missing: {e}"));
+            None
+        }
+    };
+    if let Some(j) = &joins {
+        if let Some(e) = &j.error {
+            problems.push(format!("join benchmark failed: {e}"));
+        }
+        if !j.non_member_refused {
+            problems.push(format!(
+                "a private join by a user who is in no room was not refused ({}): the private joins may not have run the policy",
+                j.non_member_reply.as_deref().unwrap_or("no reply recorded")
+            ));
+        }
     }
 
     let mut figs: Vec<Figure> = vec![];
@@ -353,6 +373,94 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         }
     }
 
+    // 4. Private-channel joins.
+    if let Some(j) = &joins {
+        let (private, public) = (j.private.as_ref(), j.public.as_ref());
+        let jp = &j.params;
+        let p = json!({"connections": jp["connections"], "rooms": jp["rooms"],
+                       "step_seconds": jp["step_seconds"], "rounds": jp["rounds"],
+                       "private_joins": private.map(|t| t.joins), "public_joins": public.map(|t| t.joins)});
+        let base = "public joins (no database work)";
+        let conns = &jp["connections"];
+        let mut f = fig(
+            "joins_private_per_s",
+            &format!("Private-channel joins/s, RLS membership policy evaluated per join ({conns} connections, one join in flight each)"),
+            "joins/s",
+            private.map(|t| t.joins_per_s),
+            public.map(|t| t.joins_per_s),
+            base,
+            "min",
+            Some(2000.0),
+            p.clone(),
+        );
+        // A rate with failed joins in it is not a join rate.
+        if let Some(n) = private.map(|t| t.failures).filter(|&n| n > 0) {
+            f.pass = Some(false);
+            f.note = Some(format!("not valid: {n} private joins failed"));
+        }
+        figs.push(f);
+        let lat = |t: Option<&JoinTotals>| match t {
+            Some(t) if t.latency.samples > 0 => {
+                (Some(ms(t.latency.p50_us)), Some(ms(t.latency.p99_us)))
+            }
+            _ => (None, None),
+        };
+        let ((v50, v99), (b50, b99)) = (lat(private), lat(public));
+        for (q, value, baseline) in [("p50", v50, b50), ("p99", v99, b99)] {
+            let mut f = fig(
+                &format!("joins_private_latency_{q}"),
+                &format!("Private-channel join latency {q} (phx_join sent -> ok reply parsed), at the rate above"),
+                "ms",
+                value,
+                baseline,
+                base,
+                "reference",
+                None,
+                p.clone(),
+            );
+            f.note = Some(format!(
+                "closed loop: {conns} joins in flight, so latency ~ {conns} / joins per second"
+            ));
+            figs.push(f);
+        }
+        let mut f = fig(
+            "joins_failures",
+            "Private joins refused, unanswered or lost",
+            "joins",
+            private.map(|t| t.failures as f64),
+            public.map(|t| t.failures as f64),
+            base,
+            "max",
+            Some(0.0),
+            p.clone(),
+        );
+        f.ratio = None;
+        f.note = j.steps.iter().rev().find_map(|s| s.last_failure.clone());
+        figs.push(f);
+        let cpu =
+            |t: Option<&JoinTotals>| t.map(|t| (t.sidecar_us_per_join, t.postgres_us_per_join));
+        let ((vs, vp), (bs, bp)) = (
+            cpu(private).unwrap_or_default(),
+            cpu(public).unwrap_or_default(),
+        );
+        for (id, name, value, baseline) in [
+            ("sidecar", "Sidecar", vs, bs),
+            ("postgres", "Postgres (whole cluster)", vp, bp),
+        ] {
+            figs.push(fig(
+                &format!("joins_private_{id}_cpu"),
+                &format!("{name} CPU per private join"),
+                "us",
+                value,
+                baseline,
+                base,
+                "reference",
+                None,
+                p.clone(),
+            ));
+        }
+    }
+
     let run_ok = problems.is_empty();
     let missed: Vec<&Figure> = figs.iter().filter(|f| f.pass == Some(false)).collect();
     let report = json!({
@@ -363,7 +471,7 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         "targets_met": missed.is_empty(),
         "targets_missed": missed.iter().map(|f| f.id.clone()).collect::<Vec<_>>(),
         "figures": figs,
-        "details": {"fanout": {"sidecar": side, "relay": relay}, "writers": writers},
+        "details": {"fanout": {"sidecar": side, "relay": relay}, "writers": writers, "joins": joins},
     });
     std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
     std::fs::write(
@@ -373,7 +481,7 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
     .map_err(|e| e.to_string())?;
     std::fs::write(
         out.join("report.md"),
-        markdown(&report, &figs, &side, &relay, &writers),
+        markdown(&report, &figs, &side, &relay, &writers, &joins),
     )
     .map_err(|e| e.to_string())?;
     Ok(run_ok)
@@ -394,6 +502,7 @@ fn markdown(
     side: &Option<FanoutResult>,
     relay: &Option<FanoutResult>,
     writers: &Option<WritersResult>,
+    joins: &Option<JoinsResult>,
 ) -> String {
     let mut m = String::new();
     m.push_str("# pg_realtime benchmark\n\n");
@@ -544,6 +653,36 @@ fn markdown(
         }
         m.push('\n');
     }
-    m.push_str("Latency: from the producer's wall clock just before the producing statement to the kind-4 frame being parsed by the subscriber (same machine, same clock). Timings are never pass/fail tests; a missed target is reported here, not failed.\n");
+    if let Some(j) = joins {
+        let p = &j.params;
+        m.push_str(&format!(
+            "## Join details\n\n{} connections, each with its own user JWT (role `authenticated`, `sub` = `user-<i>`), join room after room of {} (`phx_join`, wait for the reply, `phx_leave` not awaited): one join in flight per connection. Private joins run `realtime._authorize` on the sidecar's pool, with this policy on `realtime.messages` and every user a member of every room ({} rows in `bench_members`):\n\n```sql\n{}\n```\n\nPublic joins (the baseline) send the same frames with `private: false`. {} s per step, {} rounds, order alternating per round, after an unrecorded warm-up of each. Latency: from sending `phx_join` to parsing its reply (load generator's clock). CPU in cores (CPU seconds per second of the step); Postgres counts the whole cluster.\n\n| Step | round | joins/s | p50 ms | p99 ms | max ms | failures | sidecar cores | Postgres cores | load generator cores |\n|---|---|---|---|---|---|---|---|---|---|\n",
+            p["connections"], p["rooms"], p["membership_rows"],
+            p["policy"].as_str().unwrap_or("?"), p["step_seconds"], p["rounds"]
+        ));
+        let cores = |c: Option<f64>, s: f64| c.map(|c| format!("{:.2}", c / s)).unwrap_or_default();
+        for s in &j.steps {
+            m.push_str(&format!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+                s.subject,
+                s.round,
+                s.joins_per_s,
+                ms(s.latency.p50_us),
+                ms(s.latency.p99_us),
+                ms(s.latency.max_us),
+                s.failures,
+                cores(s.sidecar_cpu_s, s.elapsed_s),
+                cores(s.postgres_cpu_s, s.elapsed_s),
+                cores(s.loadgen_cpu_s, s.elapsed_s),
+            ));
+        }
+        m.push_str(&format!(
+            "\nA private join by a user in no room: {} ({}). Sidecar database sessions after the run: {}.\n\n",
+            if j.non_member_refused { "refused, as it must be" } else { "**not refused**" },
+            j.non_member_reply.as_deref().unwrap_or("-"),
+            j.sidecar_db_sessions
+        ));
+    }
+    m.push_str("Fan-out latency: from the producer's wall clock just before the producing statement to the kind-4 frame being parsed by the subscriber (same machine, same clock). Timings are never pass/fail tests; a missed target is reported here, not failed.\n");
     m
 }

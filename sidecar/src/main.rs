@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use pg_realtime_sidecar::app::{app, AppState};
 use pg_realtime_sidecar::config::Config;
@@ -42,6 +43,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Replies go out as soon as they are ready: with Nagle, a reply written while the client's
+    // ACK of the previous one is delayed waits ~40 ms (measured: private joins 44 ms → 10 ms p50).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     tracing::info!(host = %addr.0, port = addr.1, "listening");
     let queue = tokio::spawn(queue::run(state.clone()));
 
