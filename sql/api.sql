@@ -68,3 +68,31 @@ as $$ select nullif(current_setting('realtime.topic', true), '')::text $$;
 -- The reader functions are for the sidecar's role only.
 revoke execute on function realtime._poll(text, bigint, integer), realtime._position(),
     realtime._prune() from public;
+
+-- _publish: a sidecar hands over, in order and in one statement, what its clients sent, so that
+-- every other sidecar on the database delivers it too (`origin` delivered it to its own clients
+-- already and skips these rows). Element i is binary when binary_payloads[i] is not null; a
+-- presence diff is also recorded in realtime.presence_entries (sql/presence.sql).
+create function realtime._publish(
+    origin uuid, topics text[], privates boolean[], extensions text[], events text[],
+    payloads jsonb[], binary_payloads bytea[])
+returns void
+language plpgsql volatile
+as $$
+begin
+    for i in 1 .. coalesce(array_length(topics, 1), 0) loop
+        if extensions[i] = 'presence' then
+            perform realtime._presence_record(origin, topics[i], privates[i], payloads[i]);
+        end if;
+        if binary_payloads[i] is not null then
+            perform realtime._enqueue(topics[i], events[i], binary_payloads[i], privates[i], null,
+                                      origin, extensions[i]);
+        else
+            perform realtime._enqueue(topics[i], events[i], payloads[i], privates[i], null,
+                                      origin, extensions[i]);
+        end if;
+    end loop;
+end
+$$;
+revoke execute on function realtime._publish(uuid, text[], boolean[], text[], text[], jsonb[], bytea[])
+    from public;

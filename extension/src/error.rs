@@ -11,6 +11,7 @@ pub enum RealtimeError {
     Prepare,
     TooManyBackends(i32),
     SnapshotIsolation,
+    UnknownExtension(String),
 }
 
 impl RealtimeError {
@@ -45,6 +46,11 @@ impl RealtimeError {
             Self::SnapshotIsolation => (
                 PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
                 "realtime._poll must run in a READ COMMITTED transaction".into(),
+                None,
+            ),
+            Self::UnknownExtension(e) => (
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("extension must be 'broadcast' or 'presence', not '{e}'"),
                 None,
             ),
         };

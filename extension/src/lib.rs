@@ -21,6 +21,7 @@ pgrx::pg_module_magic!();
 
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../../sql/authorization.sql", name = "authorization", requires = ["schema"]);
+extension_sql_file!("../../sql/presence.sql", name = "presence", requires = ["schema"]);
 extension_sql_file!("../../sql/api.sql", name = "api", finalize);
 
 #[pg_guard]

@@ -15,14 +15,48 @@ pub struct Message {
     pub payload: pg_sys::Datum,
     pub binary: bool,
     pub msg_id: Option<pgrx::Uuid>,
+    pub origin: Option<pgrx::Uuid>,
+    pub extension: Extension,
     level: i32,
+}
+
+/// What a queued message carries (`realtime.queue.extension`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    Broadcast,
+    Presence,
+}
+
+impl Extension {
+    pub fn parse(name: &str) -> Option<Extension> {
+        match name {
+            "broadcast" => Some(Extension::Broadcast),
+            "presence" => Some(Extension::Presence),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Extension::Broadcast => "broadcast",
+            Extension::Presence => "presence",
+        }
+    }
+}
+
+/// Where a message comes from and what it is, besides its topic and payload.
+pub struct Envelope {
+    pub private: bool,
+    pub msg_id: Option<pgrx::Uuid>,
+    pub origin: Option<pgrx::Uuid>,
+    pub extension: Extension,
 }
 
 thread_local! {
     static PENDING: RefCell<Vec<Message>> = const { RefCell::new(Vec::new()) };
 }
 
-pub fn push(topic: &str, event: &str, private: bool, payload: pg_sys::Datum, binary: bool, msg_id: Option<pgrx::Uuid>) {
+pub fn push(topic: &str, event: &str, payload: pg_sys::Datum, binary: bool, envelope: Envelope) {
     let payload = unsafe {
         let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
         let copy = pg_sys::pg_detoast_datum_copy(payload.cast_mut_ptr());
@@ -31,7 +65,18 @@ pub fn push(topic: &str, event: &str, private: bool, payload: pg_sys::Datum, bin
     };
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     PENDING.with_borrow_mut(|p| {
-        p.push(Message { topic: topic.into(), event: event.into(), private, payload, binary, msg_id, level })
+        let Envelope { private, msg_id, origin, extension } = envelope;
+        p.push(Message {
+            topic: topic.into(),
+            event: event.into(),
+            private,
+            payload,
+            binary,
+            msg_id,
+            origin,
+            extension,
+            level,
+        })
     });
 }
 

@@ -102,7 +102,7 @@ unsafe fn ensure_initialized() {
 }
 
 /// Column order of `realtime.queue` in sql/schema.sql.
-const QUEUE_COLUMNS: usize = 8;
+const QUEUE_COLUMNS: usize = 10;
 
 /// Pre-commit: reserve seqs in commit order and write this transaction's messages.
 ///
@@ -129,17 +129,21 @@ fn flush() {
             let seq = (first + i as i64).into_datum().unwrap();
             let none = pg_sys::Datum::from(0usize);
             let msg_id = m.msg_id.and_then(|u| u.into_datum());
+            let origin = m.origin.and_then(|u| u.into_datum());
             let mut values = [
                 seq,
                 m.topic.as_str().into_datum().unwrap(),
                 m.private.into_datum().unwrap(),
+                m.extension.name().into_datum().unwrap(),
                 m.event.as_str().into_datum().unwrap(),
                 if m.binary { none } else { m.payload },
                 if m.binary { m.payload } else { none },
                 msg_id.unwrap_or(none),
+                origin.unwrap_or(none),
                 inserted_at,
             ];
-            let mut nulls = [false, false, false, false, m.binary, !m.binary, msg_id.is_none(), false];
+            let mut nulls =
+                [false, false, false, false, false, m.binary, !m.binary, msg_id.is_none(), origin.is_none(), false];
             let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::simple_heap_insert(rel, tuple);
             let (mut key, mut key_null) = ([seq], [false]);
@@ -183,8 +187,25 @@ unsafe fn primary_key(rel: pg_sys::Relation) -> pg_sys::Relation {
 }
 
 /// Buffers one message until commit. `payload` is jsonb (JSON frame) or bytea (binary frame).
+/// `origin`: the sidecar that already delivered it to its own clients; `extension`: 'broadcast'
+/// or 'presence' (a presence diff).
 #[pg_extern(volatile, parallel_unsafe, name = "_enqueue")]
-fn enqueue(topic: &str, event: &str, payload: Option<AnyElement>, private: bool, msg_id: Option<Uuid>) {
+fn enqueue(
+    topic: &str,
+    event: &str,
+    payload: Option<AnyElement>,
+    private: bool,
+    msg_id: Option<Uuid>,
+    origin: default!(Option<Uuid>, "NULL"),
+    extension: default!(&str, "'broadcast'"),
+) {
+    let Some(extension) = pending::Extension::parse(extension) else {
+        RealtimeError::UnknownExtension(extension.into()).report()
+    };
+    queue_message(topic, event, payload, pending::Envelope { private, msg_id, origin, extension });
+}
+
+fn queue_message(topic: &str, event: &str, payload: Option<AnyElement>, envelope: pending::Envelope) {
     if topic.is_empty() {
         RealtimeError::EmptyTopic.report();
     }
@@ -194,7 +215,7 @@ fn enqueue(topic: &str, event: &str, payload: Option<AnyElement>, private: bool,
         pg_sys::BYTEAOID => true,
         other => RealtimeError::PayloadType(type_name(other)).report(),
     };
-    pending::push(topic, event, private, payload.datum(), binary, msg_id);
+    pending::push(topic, event, payload.datum(), binary, envelope);
 }
 
 fn type_name(oid: pg_sys::Oid) -> String {
@@ -205,7 +226,9 @@ fn type_name(oid: pg_sys::Oid) -> String {
 /// of a SQL-language wrapper.
 #[pg_extern(sql = false)]
 fn broadcast(topic: &str, event: &str, payload: Option<AnyElement>, private: bool) {
-    enqueue(topic, event, payload, private, None);
+    let envelope =
+        pending::Envelope { private, msg_id: None, origin: None, extension: pending::Extension::Broadcast };
+    queue_message(topic, event, payload, envelope);
 }
 
 /// Messages the current transaction will publish when it commits.
@@ -255,6 +278,8 @@ type PollRow = (
     name!(payload, Option<String>),
     name!(binary_payload, Option<Vec<u8>>),
     name!(msg_id, Option<String>),
+    name!(origin, Option<String>),
+    name!(extension, String),
 );
 
 /// Final rows after `after` in commit order. An empty answer registers the caller as idle, so
@@ -271,6 +296,8 @@ fn poll(epoch: &str, after: i64, max_rows: i32) -> TableIterator<
         name!(payload, Option<String>),
         name!(binary_payload, Option<Vec<u8>>),
         name!(msg_id, Option<String>),
+        name!(origin, Option<String>),
+        name!(extension, String),
     ),
 > {
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
@@ -296,7 +323,8 @@ fn read_final(epoch: &str, after: i64, max_rows: i32) -> Vec<PollRow> {
     }
     Spi::connect_mut(|client| {
         let table = client.update(
-            "select seq, topic, private, event, payload::text, binary_payload, msg_id::text
+            "select seq, topic, private, event, payload::text, binary_payload, msg_id::text,
+                    origin::text, extension
                from realtime.queue where seq > $1 and seq < $2 order by seq limit $3",
             None,
             &[after.into(), below.into(), max_rows.max(1).into()],
@@ -312,6 +340,8 @@ fn read_final(epoch: &str, after: i64, max_rows: i32) -> Vec<PollRow> {
                 row.get::<String>(5)?,
                 row.get::<Vec<u8>>(6)?,
                 row.get::<String>(7)?,
+                row.get::<String>(8)?,
+                row.get::<String>(9)?.unwrap_or_default(),
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
 use serde_json::json;
@@ -24,7 +24,9 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::db;
 use crate::fanout::Registry;
-use crate::ws;
+use crate::presence::Presence;
+use crate::publisher::{self, Publisher};
+use crate::{rest, ws};
 
 /// Upper bound for a plain HTTP request (the refused-upgrade backoff included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,8 +34,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppState {
     pub config: Config,
     pub auth: Auth,
-    /// Connections for queries on a client's behalf (private-channel policies).
+    /// Connections for queries on a client's behalf (private-channel policies, publishing).
     pub db: Pool,
+    /// This process's id among the sidecars on the database (`realtime.queue.origin`).
+    pub instance: String,
+    /// Client messages on their way to the other sidecars.
+    pub publisher: Publisher,
+    /// This sidecar's presences and presence subscribers.
+    pub presence: Presence,
     pub registry: Registry,
     /// Whether the queue reader currently holds a working database connection.
     pub db_connected: AtomicBool,
@@ -48,6 +56,9 @@ impl AppState {
         Ok(Arc::new(AppState {
             auth: Auth::from_config(&config)?,
             db: db::pool(&config)?,
+            instance: uuid::Uuid::new_v4().to_string(),
+            publisher: Publisher::new(publisher::QUEUE_CAPACITY),
+            presence: Presence::default(),
             config,
             registry: Registry::default(),
             db_connected: AtomicBool::new(false),
@@ -63,9 +74,20 @@ impl AppState {
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
+    // REST bodies are bounded like WebSocket messages (413 beyond).
+    let body_limit = DefaultBodyLimit::max(state.config.max_frame_bytes as usize);
+    let batch = || post(rest::batch).layer(body_limit);
+    let single = || post(rest::single).layer(body_limit);
     Router::new()
         .route("/realtime/v1/websocket", get(ws::upgrade))
         .route("/socket/websocket", get(ws::upgrade))
+        .route("/api/broadcast", batch())
+        .route("/realtime/v1/api/broadcast", batch())
+        .route("/api/broadcast/{topic}/events/{event}", single())
+        .route(
+            "/realtime/v1/api/broadcast/{topic}/events/{event}",
+            single(),
+        )
         .route("/healthcheck", get(healthcheck))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

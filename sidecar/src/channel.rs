@@ -9,7 +9,7 @@
 //!   JSON booleans or `"true"`/`"false"` strings in any case, and an invalid payload means
 //!   defaults, never a failed join.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ pub struct JoinConfig {
     pub broadcast_self: bool,
     pub broadcast_ack: bool,
     pub presence_enabled: bool,
+    /// `config.presence.key`; empty or absent: the server picks one.
+    pub presence_key: Option<String>,
     pub private: bool,
     /// `config.postgres_changes` object entries, exactly as sent.
     pub postgres_changes: Vec<Map<String, Value>>,
@@ -47,6 +49,10 @@ impl JoinConfig {
             broadcast_self: flexible_bool(at(&["broadcast", "self"])),
             broadcast_ack: flexible_bool(at(&["broadcast", "ack"])),
             presence_enabled: flexible_bool(at(&["presence", "enabled"])),
+            presence_key: at(&["presence", "key"])
+                .and_then(Value::as_str)
+                .filter(|key| !key.is_empty())
+                .map(str::to_owned),
             private: flexible_bool(at(&["private"])),
             postgres_changes: at(&["postgres_changes"])
                 .and_then(Value::as_array)
@@ -105,6 +111,14 @@ pub struct Channel {
     pub broadcast_self: bool,
     pub broadcast_ack: bool,
     pub presence_enabled: bool,
+    /// The key this channel's presence is tracked under.
+    pub presence_key: String,
+    /// The subscription delivering presence diffs (presence enabled, or tracking, and readable).
+    pub presence_sub: Option<SubId>,
+    /// The meta currently tracked (with its `phx_ref`).
+    pub tracked: Option<Map<String, Value>>,
+    /// Recent track/untrack calls, for the per-channel rate limit.
+    pub presence_calls: VecDeque<Instant>,
     /// What the channel may do: everything on a public channel, its policies' verdicts on a
     /// private one.
     pub permissions: Permissions,
@@ -224,6 +238,7 @@ mod tests {
                 broadcast_self: true,
                 broadcast_ack: true,
                 presence_enabled: true,
+                presence_key: Some("user-1".into()),
                 ..Default::default()
             }
         );

@@ -84,6 +84,45 @@ pub enum Broadcast {
     Json(Box<RawValue>),
 }
 
+impl UserPayload {
+    /// Size of the user payload as sent: JSON text or raw bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            UserPayload::Json(raw) => raw.get().len(),
+            UserPayload::Binary(bytes) => bytes.len(),
+        }
+    }
+}
+
+impl Broadcast {
+    /// The user event and payload (a JSON push's `event` and `payload`); `None` for a JSON push
+    /// without a string `event`.
+    pub fn user_parts(&self) -> Option<(String, UserPayload)> {
+        match self {
+            Broadcast::User(user) => {
+                let payload = match &user.payload {
+                    UserPayload::Json(raw) => UserPayload::Json(raw.clone()),
+                    UserPayload::Binary(bytes) => UserPayload::Binary(bytes.clone()),
+                };
+                Some((user.event.clone(), payload))
+            }
+            Broadcast::Json(raw) => {
+                #[derive(Deserialize)]
+                struct Push<'a> {
+                    event: String,
+                    #[serde(borrow)]
+                    payload: Option<&'a RawValue>,
+                }
+                let push: Push = serde_json::from_str(raw.get()).ok()?;
+                let payload = push
+                    .payload
+                    .map_or_else(|| RawValue::NULL.to_owned(), |p| p.to_owned());
+                Some((push.event, UserPayload::Json(payload)))
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Decoding
 

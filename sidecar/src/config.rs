@@ -59,6 +59,28 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub policy_recheck_secs: u64,
 
+    /// Largest broadcast payload a client may send, in bytes (JSON text or binary); larger ones
+    /// are dropped (with `ack`, answered `payload_size_exceeded`). Supabase's default: 3000 KB.
+    #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 3_000_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_payload_bytes: u32,
+
+    /// Presence `track`/`untrack` calls a channel may make per `PRESENCE_WINDOW_SECS`; one more
+    /// closes it ("Client presence rate limit exceeded").
+    #[arg(long, env = "PRESENCE_MAX_CALLS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub presence_max_calls: u32,
+
+    #[arg(long, env = "PRESENCE_WINDOW_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub presence_window_secs: u64,
+
+    /// Presence changes per second this sidecar accepts from all its clients; a channel whose
+    /// change goes over it is closed ("Too many presence messages per second").
+    #[arg(long, env = "MAX_PRESENCE_EVENTS_PER_SECOND", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_presence_events_per_second: u32,
+
     /// Largest WebSocket frame/message accepted from a client, in bytes.
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 5_000_000,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -101,6 +123,10 @@ pub struct Config {
 impl Config {
     pub fn connect_error_backoff(&self) -> Duration {
         Duration::from_millis(self.connect_error_backoff_ms)
+    }
+
+    pub fn presence_window(&self) -> Duration {
+        Duration::from_secs(self.presence_window_secs)
     }
 
     pub fn policy_recheck(&self) -> Duration {

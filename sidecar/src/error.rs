@@ -21,6 +21,17 @@ use thiserror::Error;
 /// `reason` of the Phoenix-level reply to a push for a topic this socket has not joined.
 pub const UNMATCHED_TOPIC: &str = "unmatched topic";
 
+/// Ack `response` (a bare JSON string, as Phoenix encodes the atom) for a broadcast over
+/// `MAX_PAYLOAD_BYTES` (PROTOCOL.md §4.3).
+pub const PAYLOAD_SIZE_EXCEEDED: &str = "payload_size_exceeded";
+
+/// Presence (PROTOCOL.md §5.1, §5.5): the error reply to a `track` whose payload is not an
+/// object, and the messages that close a channel over a presence limit.
+pub const PRESENCE_NOT_A_MAP: &str = "Presence track payload must be a map";
+pub const PRESENCE_RATE_LIMITED: &str = "Client presence rate limit exceeded";
+pub const PRESENCE_TOO_MANY: &str = "Too many presence messages per second";
+pub const PRESENCE_TOO_LARGE: &str = "Track message size exceeded";
+
 /// Pushed as a `postgres_changes` system error until Postgres Changes are implemented.
 pub const POSTGRES_CHANGES_DISABLED: &str = "Postgres Changes are not enabled on this server yet";
 
@@ -196,6 +207,83 @@ pub fn read_revoked(sub_topic: &str) -> String {
 /// allow. Supabase drops such a message silently; the sender deserves to know.
 pub fn write_denied(sub_topic: &str) -> String {
     format!("Unauthorized: You do not have permissions to write to this Channel topic: {sub_topic}")
+}
+
+/// Field error of a REST broadcast: required and missing, `null` or blank (Ecto's message).
+pub const FIELD_BLANK: &str = "can't be blank";
+/// Field error of a REST broadcast: present with the wrong type or form (Ecto's message).
+pub const FIELD_INVALID: &str = "is invalid";
+/// Field error of a REST broadcast payload that jsonb, the queue's payload type, cannot store.
+pub const FIELD_NUL: &str = "must not contain \\u0000 (PostgreSQL cannot store it)";
+
+/// Refusal of a REST broadcast request (PROTOCOL.md §8). Bodies: 415 `{"error": msg}` (Realtime's
+/// content-type plug), 422 `{"errors": {field: [msg, ...]}}` (Realtime's changeset errors, with
+/// the `FIELD_*` messages), every other status `{"message": msg}`.
+#[derive(Debug, Error)]
+pub enum RestError {
+    /// No token, or one that does not verify.
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("Unsupported Media Type. Use application/json or application/octet-stream")]
+    UnsupportedMediaType,
+    /// The batch endpoint takes JSON only.
+    #[error("Unsupported Media Type. Use application/json")]
+    UnsupportedBatchMediaType,
+    #[error("Payload Too Large: the request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The connection failed while the body was read.
+    #[error("The request body could not be read")]
+    UnreadableBody,
+    #[error("The request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// Field errors, keyed by field name.
+    #[error("Unprocessable Entity: {}", serde_json::Value::Object(.0.clone()))]
+    Invalid(serde_json::Map<String, serde_json::Value>),
+    /// A private single broadcast that the INSERT policies do not allow (or that raised).
+    #[error("Unauthorized")]
+    WriteDenied,
+    #[error("{}", JoinError::UnknownRole(.0.clone()))]
+    UnknownRole(String),
+    #[error("Connection pool exhausted")]
+    PoolExhausted,
+    #[error("Realtime was unable to connect to the project database")]
+    DatabaseUnavailable,
+    /// The database refused the enqueue statement for another reason (logged).
+    #[error("The message could not be queued")]
+    Internal,
+}
+
+impl RestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RestError::Unauthorized => StatusCode::UNAUTHORIZED,
+            RestError::UnsupportedMediaType | RestError::UnsupportedBatchMediaType => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            RestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RestError::UnreadableBody | RestError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            RestError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            RestError::WriteDenied | RestError::UnknownRole(_) => StatusCode::FORBIDDEN,
+            RestError::PoolExhausted | RestError::DatabaseUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            RestError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match self {
+            RestError::Invalid(errors) => serde_json::json!({ "errors": errors }),
+            RestError::UnsupportedMediaType | RestError::UnsupportedBatchMediaType => {
+                serde_json::json!({ "error": self.to_string() })
+            }
+            other => serde_json::json!({ "message": other.to_string() }),
+        };
+        (status, Json(body)).into_response()
+    }
 }
 
 /// A client frame that could not be decoded. Logged and ignored; the socket stays open.

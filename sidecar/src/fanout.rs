@@ -135,6 +135,19 @@ impl Registry {
     /// Deliver a broadcast to every subscriber of `key` except `exclude`; returns how many
     /// subscribers it was queued for.
     pub fn publish(&self, key: &TopicKey, msg: &Broadcast, exclude: Option<SubId>) -> usize {
+        self.publish_with(key, exclude, |vsn, topic| {
+            codec::encode_broadcast(vsn, topic, msg)
+        })
+    }
+
+    /// Deliver the frame `encode` builds (at most once per serializer) to every subscriber of
+    /// `key` except `exclude`; `None` from `encode` skips that serializer's subscribers.
+    pub fn publish_with(
+        &self,
+        key: &TopicKey,
+        exclude: Option<SubId>,
+        encode: impl Fn(Vsn, &str) -> Option<Frame>,
+    ) -> usize {
         let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
         let Some(subs) = topics.get(key) else {
             return 0;
@@ -150,7 +163,7 @@ impl Registry {
                 Vsn::V1 => &mut v1,
                 Vsn::V2 => &mut v2,
             };
-            let frame = slot.get_or_insert_with(|| codec::encode_broadcast(conn.vsn, &topic, msg));
+            let frame = slot.get_or_insert_with(|| encode(conn.vsn, &topic));
             if let Some(frame) = frame {
                 delivered += usize::from(conn.push(frame.clone()));
             }

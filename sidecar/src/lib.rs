@@ -6,11 +6,13 @@
 //! * [`config`] — CLI/env settings; [`app`] — shared state and router; `main.rs` — process
 //!   lifecycle.
 //! * `ws` — WebSocket upgrade and the reader/writer halves of a connection; `session` — the
-//!   per-connection protocol state machine; `channel` — its channel table and join rules.
+//!   per-connection protocol state machine; `channel` — its channel table and join rules;
+//!   `rest` — the REST broadcast endpoints, which queue through the database.
 //! * `codec` — serializers v1/v2; `auth` — JWT verification; `policies` — private-channel
 //!   permissions from `realtime.messages` policies; `fanout` — topic registry and bounded
-//!   per-connection queues; [`queue`] — the Postgres reader; `db` — the pool for queries on a
-//!   client's behalf; `error` — the catalogue of client-visible errors and close codes.
+//!   per-connection queues; [`queue`] — the Postgres reader; [`publisher`] — client messages
+//!   to the other sidecars through Postgres; [`presence`] — cluster-wide presence; `db` — the pool for queries on a client's behalf;
+//!   `error` — the catalogue of client-visible errors and close codes.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -22,6 +24,9 @@ mod db;
 mod error;
 mod fanout;
 mod policies;
+pub mod presence;
+pub mod publisher;
 pub mod queue;
+mod rest;
 mod session;
 mod ws;

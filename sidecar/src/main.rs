@@ -1,6 +1,8 @@
-//! Process lifecycle. Start: logs, config, listener, queue reader. Stop (SIGTERM/SIGINT): cancel
-//! the shared shutdown token, which stops accepting connections, closes every WebSocket with
-//! 1001 and stops the queue reader; then wait (bounded) for connection tasks and the reader.
+//! Process lifecycle. Start: logs, config, listener, queue reader, publisher, presence heartbeat.
+//! Stop (SIGTERM/SIGINT): cancel the shared shutdown token, which stops accepting connections,
+//! closes every WebSocket with 1001 and stops the queue reader, the publisher (after one last
+//! flush) and the heartbeat (which makes this sidecar's presences leave); then wait (bounded)
+//! for connection tasks and the three tasks.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -11,11 +13,11 @@ use axum::serve::ListenerExt;
 use clap::Parser;
 use pg_realtime_sidecar::app::{app, AppState};
 use pg_realtime_sidecar::config::Config;
-use pg_realtime_sidecar::queue;
+use pg_realtime_sidecar::{presence, publisher, queue};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-/// How long shutdown waits for connections and the queue reader to finish.
+/// How long shutdown waits for connections and each background task to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::main]
@@ -52,6 +54,8 @@ async fn main() -> ExitCode {
     });
     tracing::info!(host = %addr.0, port = addr.1, "listening");
     let queue = tokio::spawn(queue::run(state.clone()));
+    let publisher = tokio::spawn(publisher::run(state.clone()));
+    let presence = tokio::spawn(presence::run(state.clone()));
 
     let shutdown = state.shutdown.clone();
     let served = axum::serve(listener, app(state.clone()))
@@ -77,6 +81,15 @@ async fn main() -> ExitCode {
     }
     if tokio::time::timeout(DRAIN_TIMEOUT, queue).await.is_err() {
         tracing::warn!("queue reader did not stop in time");
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, publisher)
+        .await
+        .is_err()
+    {
+        tracing::warn!("publisher did not stop in time");
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, presence).await.is_err() {
+        tracing::warn!("presence heartbeat did not stop in time");
     }
     match served {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,8 @@
 //! * The connection is driven by this task itself (`Connection::poll_message`, raced against the
 //!   poll loop): notifications only set a [`Notify`] permit, so any number of them coalesce into
 //!   one extra poll and a notification that arrives mid-poll is not lost.
+//! * Rows whose `origin` is this sidecar are skipped: it delivered them to its own clients when
+//!   they were sent (`publisher`).
 //! * Delivery is a non-blocking registry publish: a slow client never stalls the reader. The
 //!   reader yields every `YIELD_EVERY` rows so connection writers drain during large bursts.
 //! * The task ends only when the server's shutdown token is cancelled; connection loss (an
@@ -52,8 +54,9 @@ const YIELD_EVERY: usize = 32;
 /// Longest a single query may take before the connection is presumed dead.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
-const POLL_SQL: &str = "SELECT epoch, seq, topic, private, event, payload, binary_payload, msg_id \
-                        FROM realtime._poll($1, $2, $3)";
+const POLL_SQL: &str =
+    "SELECT epoch, seq, topic, private, event, payload, binary_payload, msg_id, \
+                        origin, extension FROM realtime._poll($1, $2, $3)";
 
 /// Where the reader is in the queue.
 struct Position {
@@ -170,12 +173,7 @@ async fn poll_loop(
                 pos.epoch = epoch.to_owned();
             }
             pos.after = seq;
-            match broadcast_of(row) {
-                Ok((key, msg)) => {
-                    state.registry.publish(&key, &msg, None);
-                }
-                Err(err) => tracing::warn!(seq, error = %err, "queue row skipped"),
-            }
+            deliver(state, row, seq)?;
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 tokio::task::yield_now().await;
             }
@@ -186,6 +184,31 @@ async fn poll_loop(
     }
 }
 
+/// Hand one queue row to the fan-out, unless this sidecar published it (its clients have it).
+fn deliver(state: &AppState, row: &Row, seq: i64) -> Result<(), QueueError> {
+    if row.try_get::<_, Option<&str>>("origin")? == Some(state.instance.as_str()) {
+        return Ok(());
+    }
+    match row.try_get::<_, &str>("extension")? {
+        "broadcast" => match broadcast_of(row) {
+            Ok((key, msg)) => {
+                state.registry.publish(&key, &msg, None);
+            }
+            Err(err) => tracing::warn!(seq, error = %err, "queue row skipped"),
+        },
+        "presence" => match presence_of(row) {
+            Ok((key, diff)) => state.presence.deliver(&key, &diff),
+            Err(err) => tracing::warn!(seq, error = %err, "queue row skipped"),
+        },
+        other => tracing::debug!(
+            seq,
+            extension = other,
+            "queue row of another extension skipped"
+        ),
+    }
+    Ok(())
+}
+
 /// A database round trip that gives up after `QUERY_TIMEOUT`.
 async fn bounded<T>(
     query: impl Future<Output = Result<T, tokio_postgres::Error>>,
@@ -194,6 +217,18 @@ async fn bounded<T>(
         Ok(result) => Ok(result?),
         Err(_) => Err(QueueError::Timeout),
     }
+}
+
+/// A queue row as a `presence_diff` payload for `realtime:<topic>` in its namespace.
+fn presence_of(row: &Row) -> Result<(TopicKey, Box<RawValue>), QueueError> {
+    let key = TopicKey {
+        sub_topic: row.try_get("topic")?,
+        private: row.try_get("private")?,
+    };
+    let json: Option<String> = row.try_get("payload")?;
+    let diff = RawValue::from_string(json.ok_or(QueueError::BadPayload)?)
+        .map_err(|_| QueueError::BadPayload)?;
+    Ok((key, diff))
 }
 
 /// A queue row as a user broadcast to `realtime:<topic>` in its namespace.

@@ -2,8 +2,8 @@
 //! join, leave, broadcast, access_token) and owns the connection's channel table.
 //!
 //! It is transport-free: output goes to the connection's bounded queue ([`ConnHandle::push`]),
-//! time comes in through [`Session::on_timer`] and finished policy evaluations through
-//! [`Session::on_evaluated`], so tests drive it without sockets.
+//! time comes in through [`Session::on_timer`] and finished database work (policy evaluations,
+//! presence states) through [`Session::on_db_done`], so tests drive it without sockets.
 //!
 //! Invariants:
 //! * A channel is subscribed in the registry *before* its join is acknowledged, and only while
@@ -19,6 +19,9 @@
 //!   ticket is no longer current (the join was superseded or left, the channel re-joined) is
 //!   discarded. A channel has at most one evaluation running: a token refresh meanwhile asks
 //!   for one more round once it finishes.
+//! * Presence: a channel's tracked meta leaves (a `presence_diff` everywhere) whenever the
+//!   channel ends, however it ends. `presence_state` is sent after the join reply, once the
+//!   other sidecars' presences are loaded; diffs that arrive first are buffered by the client.
 //! * Dropping the session unsubscribes every channel it still holds.
 
 use std::collections::hash_map::Entry;
@@ -28,7 +31,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use crate::app::AppState;
@@ -36,11 +39,14 @@ use crate::auth::{unix_now, Claims};
 use crate::channel::{self, Channel, ChannelTable, JoinConfig, Reevaluation};
 use crate::codec::{self, Broadcast, Frame, InPayload, Inbound, Reply};
 use crate::error::{
-    read_revoked, write_denied, AuthError, JoinError, PolicyError, POSTGRES_CHANGES_DISABLED,
-    UNMATCHED_TOPIC,
+    read_revoked, write_denied, AuthError, JoinError, PolicyError, PAYLOAD_SIZE_EXCEEDED,
+    POSTGRES_CHANGES_DISABLED, PRESENCE_NOT_A_MAP, PRESENCE_RATE_LIMITED, PRESENCE_TOO_LARGE,
+    PRESENCE_TOO_MANY, UNMATCHED_TOPIC,
 };
 use crate::fanout::{ConnHandle, TopicKey};
 use crate::policies::{self, Permissions, Subject};
+use crate::presence::{self, Diff, Meta};
+use crate::publisher::Outgoing;
 
 pub struct Session {
     state: Arc<AppState>,
@@ -51,7 +57,10 @@ pub struct Session {
     headers: Arc<str>,
     channels: ChannelTable,
     delayed: VecDeque<(Instant, Frame)>,
-    evaluations: FuturesUnordered<BoxFuture<'static, Evaluated>>,
+    /// Database work for this connection, owned here: dropped with the session.
+    db_work: FuturesUnordered<BoxFuture<'static, DbDone>>,
+    /// Policy evaluations in flight (part of `db_work`).
+    evaluations: usize,
     /// Private joins waiting for their policies, by Phoenix topic.
     joining: HashMap<String, PendingJoin>,
     last_ticket: u64,
@@ -63,6 +72,22 @@ struct Grant {
     /// The token the channel is authorized with and its verified claims.
     token: String,
     claims: Claims,
+}
+
+/// Finished database work.
+pub enum DbDone {
+    Policies(Evaluated),
+    PresenceState(PresenceState),
+}
+
+/// Other sidecars' presences on a channel's topic, loaded for its `presence_state`.
+pub struct PresenceState {
+    topic: String,
+    /// The join the state is for (a re-joined channel gets its own).
+    join_ref: Option<String>,
+    /// This sidecar's presences, snapshot when the channel subscribed.
+    local: Vec<Meta>,
+    remote: Result<Vec<Meta>, String>,
 }
 
 /// A finished policy evaluation: for a pending join or a joined channel, told apart by ticket.
@@ -102,7 +127,8 @@ impl Session {
             headers,
             channels: ChannelTable::default(),
             delayed: VecDeque::new(),
-            evaluations: FuturesUnordered::new(),
+            db_work: FuturesUnordered::new(),
+            evaluations: 0,
             joining: HashMap::new(),
             last_ticket: 0,
         }
@@ -142,6 +168,7 @@ impl Session {
             "phx_leave" => self.leave(&msg.topic, msg.msg_ref.as_deref()),
             "broadcast" => self.broadcast(&msg.topic, msg.msg_ref.as_deref(), msg.payload),
             "access_token" => self.refresh_token(&msg.topic, msg.payload),
+            "presence" => self.presence(&msg.topic, msg.msg_ref.as_deref(), msg.payload),
             // Realtime ignores unknown events on a joined channel (the client push times out).
             other => tracing::debug!(conn = self.conn.id, topic, event = other, "ignored event"),
         }
@@ -180,16 +207,26 @@ impl Session {
         }
     }
 
-    /// The next finished policy evaluation; pending while there is none.
-    pub async fn evaluated(&mut self) -> Evaluated {
-        match self.evaluations.next().await {
+    /// The next finished database work; pending while there is none.
+    pub async fn db_done(&mut self) -> DbDone {
+        match self.db_work.next().await {
             Some(done) => done,
             None => std::future::pending().await,
         }
     }
 
+    pub fn on_db_done(&mut self, done: DbDone) {
+        match done {
+            DbDone::Policies(evaluated) => {
+                self.evaluations = self.evaluations.saturating_sub(1);
+                self.on_evaluated(evaluated)
+            }
+            DbDone::PresenceState(loaded) => self.on_presence_state(loaded),
+        }
+    }
+
     /// Act on a policy verdict: answer the join, or update or close the channel.
-    pub fn on_evaluated(&mut self, done: Evaluated) {
+    fn on_evaluated(&mut self, done: Evaluated) {
         let Evaluated {
             topic,
             ticket,
@@ -310,7 +347,7 @@ impl Session {
             return Err(JoinError::TopicNameRequired);
         }
         // Evaluations in flight count too, so a client cannot pile up database work.
-        if self.channels.len() + self.evaluations.len()
+        if self.channels.len() + self.evaluations
             >= self.state.config.max_channels_per_client as usize
         {
             return Err(JoinError::TooManyChannels);
@@ -390,6 +427,13 @@ impl Session {
                 broadcast_self: config.broadcast_self,
                 broadcast_ack: config.broadcast_ack,
                 presence_enabled: config.presence_enabled,
+                presence_key: config
+                    .presence_key
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                presence_sub: None,
+                tracked: None,
+                presence_calls: VecDeque::new(),
                 permissions,
                 token,
                 expires_at: channel::deadline(claims.exp, unix_now()),
@@ -419,14 +463,58 @@ impl Session {
             self.push(join_ref.as_deref(), None, &topic, "system", &system);
         }
         if config.presence_enabled && permissions.presence_read {
-            self.push(
-                join_ref.as_deref(),
-                None,
-                &topic,
-                "presence_state",
-                &json!({}),
-            );
+            self.subscribe_presence(&topic, true);
         }
+    }
+
+    /// Start delivering presence diffs to a joined channel; with `send_state`, also load and
+    /// send its `presence_state`.
+    fn subscribe_presence(&mut self, topic: &str, send_state: bool) {
+        let Some(ch) = self.channels.get_mut(topic) else {
+            return;
+        };
+        if ch.presence_sub.is_some() {
+            return;
+        }
+        let (id, local) = self.state.presence.subscribe(&ch.key, self.conn.clone());
+        ch.presence_sub = Some(id);
+        if !send_state {
+            return;
+        }
+        let (state, key, join_ref) = (self.state.clone(), ch.key.clone(), ch.join_ref.clone());
+        let topic = topic.to_owned();
+        self.db_work.push(Box::pin(async move {
+            let remote = presence::remote_state(&state, &key).await;
+            DbDone::PresenceState(PresenceState {
+                topic,
+                join_ref,
+                local,
+                remote,
+            })
+        }));
+    }
+
+    fn on_presence_state(&mut self, loaded: PresenceState) {
+        let PresenceState {
+            topic,
+            join_ref,
+            local,
+            remote,
+        } = loaded;
+        let Some(ch) = self.channels.get(&topic) else {
+            return;
+        };
+        if ch.join_ref != join_ref || ch.presence_sub.is_none() {
+            return;
+        }
+        let mut metas = remote.unwrap_or_else(|err| {
+            // This sidecar's own presences are still right; the diffs will bring the rest.
+            tracing::warn!(conn = self.conn.id, topic, error = %err, "presence state incomplete: database unavailable");
+            Vec::new()
+        });
+        metas.extend(local);
+        let state = presence::state_json(&metas);
+        self.push(join_ref.as_deref(), None, &topic, "presence_state", &state);
     }
 
     /// Apply a new verdict to a joined channel: (un)subscribe broadcasts to match it.
@@ -447,6 +535,10 @@ impl Session {
                 ch.sub_id = None;
             }
             _ => {}
+        }
+        if let (false, Some(id)) = (permissions.presence_read, ch.presence_sub) {
+            self.state.presence.unsubscribe(&ch.key, id);
+            ch.presence_sub = None;
         }
         ch.permissions = permissions;
     }
@@ -496,10 +588,113 @@ impl Session {
                 return;
             }
         };
+        let remote = msg.user_parts();
+        let size = remote.as_ref().map_or(0, |(_, payload)| payload.len());
+        if size > self.state.config.max_payload_bytes as usize {
+            tracing::debug!(
+                conn = self.conn.id,
+                topic,
+                size,
+                "broadcast payload too large, dropped"
+            );
+            if ch.broadcast_ack {
+                let join_ref = ch.join_ref.as_deref();
+                self.reply(
+                    join_ref,
+                    msg_ref,
+                    topic,
+                    "error",
+                    json!(PAYLOAD_SIZE_EXCEEDED),
+                );
+            }
+            return;
+        }
         let exclude = ch.sub_id.filter(|_| !ch.broadcast_self);
         self.state.registry.publish(&ch.key, &msg, exclude);
+        if let Some((event, payload)) = remote {
+            self.state.publisher.publish(Outgoing {
+                key: ch.key.clone(),
+                extension: "broadcast",
+                event,
+                payload,
+            });
+        }
         if ch.broadcast_ack {
             self.reply(ch.join_ref.as_deref(), msg_ref, topic, "ok", json!({}));
+        }
+    }
+
+    /// `presence` push: `track` / `untrack` (PROTOCOL.md §5.1, limits §5.5).
+    fn presence(&mut self, topic: &str, msg_ref: Option<&str>, payload: InPayload) {
+        let push: Value = match &payload {
+            InPayload::Json(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+            InPayload::User(_) => Value::Null,
+        };
+        let event = push
+            .get("event")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase);
+        let now = Instant::now();
+        let config = &self.state.config;
+        let Some(ch) = self.channels.get_mut(topic) else {
+            return;
+        };
+        let join_ref = ch.join_ref.clone();
+        let outcome = match event.as_deref() {
+            _ if !ch.permissions.presence_write => PresenceOutcome::Error(json!({})),
+            Some(event @ ("track" | "untrack")) => {
+                let window = config.presence_window();
+                ch.presence_calls.push_back(now);
+                while ch
+                    .presence_calls
+                    .front()
+                    .is_some_and(|at| now.duration_since(*at) >= window)
+                {
+                    ch.presence_calls.pop_front();
+                }
+                if ch.presence_calls.len() > config.presence_max_calls as usize {
+                    PresenceOutcome::Close(PRESENCE_RATE_LIMITED)
+                } else if !self
+                    .state
+                    .presence
+                    .admit(config.max_presence_events_per_second, now)
+                {
+                    PresenceOutcome::Close(PRESENCE_TOO_MANY)
+                } else if event == "track" {
+                    track(ch, push.get("payload"), config.max_payload_bytes as usize)
+                } else {
+                    let leaves = ch
+                        .tracked
+                        .take()
+                        .map(|meta| (ch.presence_key.clone(), meta));
+                    PresenceOutcome::Changed(Diff {
+                        joins: Vec::new(),
+                        leaves: leaves.into_iter().collect(),
+                    })
+                }
+            }
+            _ => PresenceOutcome::Error(json!({})),
+        };
+        match outcome {
+            PresenceOutcome::Changed(diff) => {
+                let key = ch.key.clone();
+                if ch.permissions.presence_read {
+                    // Tracking turns presence on for the channel (without a presence_state), so
+                    // it hears its own change too.
+                    self.subscribe_presence(topic, false);
+                }
+                self.reply(join_ref.as_deref(), msg_ref, topic, "ok", json!({}));
+                self.state
+                    .presence
+                    .change(&self.state.publisher, &key, &diff);
+            }
+            PresenceOutcome::Unchanged => {
+                self.reply(join_ref.as_deref(), msg_ref, topic, "ok", json!({}))
+            }
+            PresenceOutcome::Error(response) => {
+                self.reply(join_ref.as_deref(), msg_ref, topic, "error", response)
+            }
+            PresenceOutcome::Close(message) => self.shutdown_channel(topic, message),
         }
     }
 
@@ -556,13 +751,14 @@ impl Session {
     fn evaluate(&mut self, topic: &str, subject: Subject) -> u64 {
         self.last_ticket += 1;
         let (pool, topic, ticket) = (self.state.db.clone(), topic.to_owned(), self.last_ticket);
-        self.evaluations.push(Box::pin(async move {
+        self.evaluations += 1;
+        self.db_work.push(Box::pin(async move {
             let result = policies::evaluate(pool, subject).await;
-            Evaluated {
+            DbDone::Policies(Evaluated {
                 topic,
                 ticket,
                 result,
-            }
+            })
         }));
         ticket
     }
@@ -594,11 +790,9 @@ impl Session {
         self.push(join_ref, join_ref, topic, "phx_close", &json!({}));
     }
 
-    /// Drop a removed channel's registry subscription.
+    /// Drop a removed channel's subscriptions; its tracked presence leaves.
     fn release(&self, ch: &Channel) {
-        if let Some(id) = ch.sub_id {
-            self.state.registry.unsubscribe(&ch.key, id);
-        }
+        release(&self.state, ch);
     }
 
     fn reply(
@@ -637,12 +831,67 @@ impl Session {
     }
 }
 
+enum PresenceOutcome {
+    Changed(Diff),
+    Unchanged,
+    Error(Value),
+    Close(&'static str),
+}
+
+/// A `track` on `ch`: the new meta joins, the one it replaces (if any) leaves.
+fn track(ch: &mut Channel, payload: Option<&Value>, max_bytes: usize) -> PresenceOutcome {
+    let meta = match payload {
+        None => Map::new(),
+        Some(Value::Object(meta)) => meta.clone(),
+        Some(_) => return PresenceOutcome::Error(json!({ "reason": PRESENCE_NOT_A_MAP })),
+    };
+    if Value::Object(meta.clone()).to_string().len() > max_bytes {
+        return PresenceOutcome::Close(PRESENCE_TOO_LARGE);
+    }
+    let unchanged = ch.tracked.as_ref().is_some_and(|old| {
+        let mut old = old.clone();
+        old.remove("phx_ref");
+        old == meta
+    });
+    if unchanged {
+        return PresenceOutcome::Unchanged;
+    }
+    let mut joined = meta;
+    joined.insert("phx_ref".into(), presence::new_ref().into());
+    let old = ch.tracked.take();
+    if let Some(prev) = old.as_ref().and_then(|m| m.get("phx_ref")) {
+        joined.insert("phx_ref_prev".into(), prev.clone());
+    }
+    let mut stored = joined.clone();
+    stored.remove("phx_ref_prev");
+    ch.tracked = Some(stored);
+    let key = ch.presence_key.clone();
+    PresenceOutcome::Changed(Diff {
+        joins: vec![(key.clone(), joined)],
+        leaves: old.map(|meta| (key, meta)).into_iter().collect(),
+    })
+}
+
+fn release(state: &AppState, ch: &Channel) {
+    if let Some(id) = ch.sub_id {
+        state.registry.unsubscribe(&ch.key, id);
+    }
+    if let Some(id) = ch.presence_sub {
+        state.presence.unsubscribe(&ch.key, id);
+    }
+    if let Some(meta) = &ch.tracked {
+        let diff = Diff {
+            joins: Vec::new(),
+            leaves: vec![(ch.presence_key.clone(), meta.clone())],
+        };
+        state.presence.change(&state.publisher, &ch.key, &diff);
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         for (_, ch) in self.channels.drain() {
-            if let Some(id) = ch.sub_id {
-                self.state.registry.unsubscribe(&ch.key, id);
-            }
+            release(&self.state, &ch);
         }
     }
 }
@@ -659,16 +908,21 @@ mod tests {
     use crate::config::Config;
 
     fn state() -> Arc<AppState> {
-        let config = Config::try_parse_from([
+        state_with(&[])
+    }
+
+    fn state_with(extra: &[&str]) -> Arc<AppState> {
+        let secret = format!("--jwt-secret={SECRET}");
+        let mut args = vec![
             "test",
             "--database-url=postgres://postgres@127.0.0.1:1/postgres",
-            &format!("--jwt-secret={SECRET}"),
+            &secret,
             "--channel-error-backoff-ms=0",
             "--max-channels-per-client=2",
             "--client-queue-frames=16",
-        ])
-        .expect("test config");
-        AppState::new(config).expect("test state")
+        ];
+        args.extend_from_slice(extra);
+        AppState::new(Config::try_parse_from(args).expect("test config")).expect("test state")
     }
 
     struct Client {
@@ -854,7 +1108,8 @@ mod tests {
                 None => self.session.channels.get(topic).expect("channel").ticket,
             };
             // The real evaluations are never polled here; drop them as if they had finished.
-            self.session.evaluations.clear();
+            self.session.db_work.clear();
+            self.session.evaluations = 0;
             self.session.on_evaluated(Evaluated {
                 topic: topic.into(),
                 ticket,
@@ -920,7 +1175,8 @@ mod tests {
         c.private_join("realtime:a", "2", json!({"presence": {"enabled": true}}));
         c.verdict("realtime:a", Ok(presence_only));
         assert_eq!(c.recv()[4]["status"], "ok");
-        assert_eq!(c.recv()[3], "presence_state");
+        let ch = c.session.channels.get("realtime:a").expect("joined");
+        assert!(ch.presence_sub.is_some(), "receives presence diffs");
         assert_eq!(
             state
                 .registry
@@ -1059,15 +1315,139 @@ mod tests {
         let state = state();
         let mut c = Client::new(&state);
         c.private_join("realtime:x", "1", json!({}));
-        let done = tokio::time::timeout(std::time::Duration::from_secs(20), c.session.evaluated())
+        let done = tokio::time::timeout(std::time::Duration::from_secs(20), c.session.db_done())
             .await
             .expect("the evaluation ends");
-        c.session.on_evaluated(done);
+        c.session.on_db_done(done);
         c.session.on_timer(Instant::now());
         assert_eq!(
             c.recv()[4]["response"]["reason"],
             "UnableToConnectToProject: Realtime was unable to connect to the project database"
         );
+    }
+
+    fn track(c: &mut Client, topic: &str, r: &str, payload: Value) {
+        let push = json!({"type": "presence", "event": "track", "payload": payload});
+        c.send(&json!(["1", r, topic, "presence", push]).to_string());
+    }
+
+    #[test]
+    fn presence_track_update_untrack_and_leave() {
+        let state = state();
+        let mut a = Client::new(&state);
+        let mut b = Client::new(&state);
+        a.join("realtime:p", "1", json!({"presence": {"key": "alice"}}));
+        b.join("realtime:p", "1", json!({"presence": {"enabled": true}}));
+
+        track(&mut a, "realtime:p", "2", json!({"status": "online"}));
+        assert_eq!(
+            a.recv(),
+            json!(["1", "2", "realtime:p", "phx_reply", {"status":"ok","response":{}}])
+        );
+        let diff = b.recv();
+        assert_eq!(diff[3], "presence_diff");
+        assert_eq!(diff[0], Value::Null);
+        let meta = &diff[4]["joins"]["alice"]["metas"][0];
+        assert_eq!(meta["status"], "online");
+        let first_ref = meta["phx_ref"].as_str().expect("phx_ref").to_owned();
+        assert_eq!(diff[4]["leaves"], json!({}));
+        // Tracking turned presence on for a: it hears its own change (no presence_state).
+        assert_eq!(a.recv()[3], "presence_diff");
+
+        // Same payload: a no-op. New payload: an update (leave old meta, join new with prev).
+        track(&mut a, "realtime:p", "3", json!({"status": "online"}));
+        assert_eq!(a.recv()[4]["status"], "ok");
+        b.assert_silent();
+        track(&mut a, "realtime:p", "4", json!({"status": "away"}));
+        assert_eq!(a.recv()[4]["status"], "ok");
+        let diff = b.recv();
+        assert_eq!(
+            diff[4]["joins"]["alice"]["metas"][0]["phx_ref_prev"],
+            first_ref.as_str()
+        );
+        assert_eq!(
+            diff[4]["leaves"]["alice"]["metas"][0]["phx_ref"],
+            first_ref.as_str()
+        );
+        a.recv();
+
+        // Leaving the channel makes the presence leave.
+        a.send(r#"["1","5","realtime:p","phx_leave",{}]"#);
+        let diff = b.recv();
+        assert_eq!(diff[4]["leaves"]["alice"]["metas"][0]["status"], "away");
+        assert_eq!(diff[4]["joins"], json!({}));
+
+        // Untrack.
+        track(&mut b, "realtime:p", "6", json!({}));
+        assert_eq!(b.recv()[4]["status"], "ok");
+        assert_eq!(b.recv()[3], "presence_diff");
+        b.send(r#"["1","7","realtime:p","presence",{"type":"presence","event":"UNTRACK"}]"#);
+        assert_eq!(b.recv()[4]["status"], "ok");
+        assert_eq!(b.recv()[4]["joins"], json!({}));
+    }
+
+    #[test]
+    fn presence_errors_and_limits() {
+        let state = state();
+        let mut c = Client::new(&state);
+        c.join("realtime:p", "1", json!({}));
+        track(&mut c, "realtime:p", "2", json!("not a map"));
+        assert_eq!(
+            c.recv()[4],
+            json!({"status":"error","response":{"reason":"Presence track payload must be a map"}})
+        );
+        c.send(r#"["1","3","realtime:p","presence",{"type":"presence","event":"wave"}]"#);
+        assert_eq!(c.recv()[4], json!({"status":"error","response":{}}));
+        // Five calls per window (the two above counted one), the sixth closes the channel.
+        for i in 0..4 {
+            track(&mut c, "realtime:p", "4", json!({ "i": i }));
+            assert_eq!(c.recv()[4]["status"], "ok");
+            c.recv(); // own diff
+        }
+        track(&mut c, "realtime:p", "5", json!({"i": 9}));
+        let system = c.recv();
+        assert_eq!(system[4]["message"], "Client presence rate limit exceeded");
+        assert_eq!(c.recv()[3], "phx_close");
+    }
+
+    #[test]
+    fn presence_payload_and_rate_limits_close_the_channel() {
+        let state = state_with(&[
+            "--max-payload-bytes=50",
+            "--max-presence-events-per-second=2",
+        ]);
+        let mut c = Client::new(&state);
+        c.join("realtime:big", "1", json!({}));
+        track(
+            &mut c,
+            "realtime:big",
+            "2",
+            json!({"blob": "x".repeat(100)}),
+        );
+        assert_eq!(c.recv()[4]["message"], "Track message size exceeded");
+        assert_eq!(c.recv()[3], "phx_close");
+
+        let mut other = Client::new(&state);
+        other.join("realtime:busy", "1", json!({}));
+        track(&mut other, "realtime:busy", "2", json!({}));
+        assert_eq!(other.recv()[4]["status"], "ok");
+        other.recv();
+        track(&mut other, "realtime:busy", "3", json!({"n": 1}));
+        assert_eq!(
+            other.recv()[4]["message"],
+            "Too many presence messages per second"
+        );
+    }
+
+    #[test]
+    fn private_presence_needs_write_permission() {
+        let state = state();
+        let mut c = Client::new(&state);
+        c.private_join("realtime:r", "1", json!({}));
+        c.verdict("realtime:r", Ok(READ_ONLY));
+        c.recv();
+        track(&mut c, "realtime:r", "2", json!({}));
+        assert_eq!(c.recv()[4], json!({"status":"error","response":{}}));
     }
 
     #[test]
@@ -1130,10 +1510,8 @@ mod tests {
             json!(["9", null, "realtime:db", "system", {"extension":"postgres_changes","status":"error",
                    "message":"Postgres Changes are not enabled on this server yet","channel":"db"}])
         );
-        assert_eq!(
-            c.recv(),
-            json!(["9", null, "realtime:db", "presence_state", {}])
-        );
+        // presence_state follows once the other sidecars' presences are loaded.
+        assert_eq!(c.session.db_work.len(), 1);
     }
 
     #[test]
@@ -1146,7 +1524,7 @@ mod tests {
                 .to_string(),
         );
         c.send(r#"["6","8","realtime:room1","access_token",{"access_token":"sb_publishable_x"}]"#);
-        c.send(r#"["6","9","realtime:room1","presence",{"type":"presence","event":"track"}]"#);
+        c.send(r#"["6","9","realtime:room1","no_such_event",{}]"#);
         c.assert_silent();
         c.send(r#"["6","10","realtime:room1","access_token",{"access_token":"garbage"}]"#);
         assert_eq!(

@@ -98,7 +98,7 @@ fn connect_token(
 
 /// The request headers as a JSON object (names lower-case; a repeated header keeps its last
 /// value), as Realtime hands them to policies in `request.headers`.
-fn headers_json(headers: &HeaderMap) -> Arc<str> {
+pub(crate) fn headers_json(headers: &HeaderMap) -> Arc<str> {
     let map: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .map(|(name, value)| {
@@ -153,7 +153,7 @@ where
             .map_or(idle_deadline, |at| at.min(idle_deadline));
         tokio::select! {
             () = kill.cancelled() => return,
-            evaluated = session.evaluated() => session.on_evaluated(evaluated),
+            done = session.db_done() => session.on_db_done(done),
             () = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 if now >= idle_deadline {

@@ -1,8 +1,8 @@
 // Test stack: a private PostgreSQL cluster (scripts/pg.sh) with the pg_realtime extension, one
-// pg-realtime-sidecar process in front of it, and factories for real @supabase/realtime-js
-// clients, HS256 tokens and SQL sessions. Everything started here is torn down by stop(), by the
-// process exit hooks below, and (as a last resort) by scripts/test-integration.sh, which reads
-// the pid / data-dir records written to $IT_RUN_DIR.
+// pg-realtime-sidecar process in front of it (more on demand: startExtraSidecar), and factories
+// for real @supabase/realtime-js clients, HS256 tokens and SQL sessions. Everything started here
+// is torn down by stop(), by the process exit hooks below, and (as a last resort) by
+// scripts/test-integration.sh, which reads the pid / data-dir records written to $IT_RUN_DIR.
 import { spawn, execFile, execFileSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -99,6 +99,8 @@ export class Stack {
     this.raws = new Set();
     this.child = null;
     this.sidecarStarts = 0;
+    this.extras = new Set();
+    this.extraStarts = 0;
     this.stopped = false;
   }
 
@@ -219,14 +221,20 @@ export class Stack {
   }
 
   async startSidecar() {
-    if (!fs.existsSync(SIDECAR_BIN)) throw new Error(`sidecar binary not found: ${SIDECAR_BIN}`);
-    const logPath = path.join(this.dir, 'sidecar.log');
     this.sidecarStarts += 1;
-    fs.appendFileSync(logPath, `\n===== [it] sidecar start #${this.sidecarStarts} at ${new Date().toISOString()} =====\n`);
+    this.child = this.spawnSidecar(this.sidecarEnvironment(), 'sidecar.log', `sidecar start #${this.sidecarStarts}`);
+    await this.waitHealthy(30000);
+  }
+
+  /** Spawns the sidecar binary with `env`, appending its output to `logFile` in the stack dir. */
+  spawnSidecar(env, logFile, label) {
+    if (!fs.existsSync(SIDECAR_BIN)) throw new Error(`sidecar binary not found: ${SIDECAR_BIN}`);
+    const logPath = path.join(this.dir, logFile);
+    fs.appendFileSync(logPath, `\n===== [it] ${label} at ${new Date().toISOString()} =====\n`);
     const fd = fs.openSync(logPath, 'a');
-    const child = spawn(SIDECAR_BIN, [], { env: this.sidecarEnvironment(), stdio: ['ignore', fd, fd] });
+    const child = spawn(SIDECAR_BIN, [], { env, stdio: ['ignore', fd, fd] });
     fs.closeSync(fd);
-    this.child = child;
+    child.logFile = logFile;
     child.exitInfo = null;
     child.exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
@@ -239,18 +247,50 @@ export class Stack {
       });
     });
     child.unrecord = record('pid', child.pid, child.pid);
-    await this.waitHealthy(30000);
+    return child;
+  }
+
+  /**
+   * Starts one more sidecar process against this stack's database, with the main one's
+   * environment but its own port and log (`sidecar-extra-N.log`): what one sidecar queues,
+   * every sidecar delivers. Returns `{port, child, httpUrl(path), client(opts), stop()}`:
+   * `client(opts)` is `stack.client(opts)` connected to this sidecar, `child` its process (to
+   * kill it in a test). `stack.stop()` stops every extra sidecar still running.
+   */
+  async startExtraSidecar() {
+    this.extraStarts += 1;
+    const port = await freePort();
+    const env = { ...this.sidecarEnvironment(), PORT: String(port) };
+    const child = this.spawnSidecar(env, `sidecar-extra-${this.extraStarts}.log`, `extra sidecar start on port ${port}`);
+    const extra = {
+      port,
+      child,
+      httpUrl: (p = '/') => `http://127.0.0.1:${port}${p}`,
+      client: (opts = {}) => this.client({ ...opts, port }),
+      stop: async () => {
+        this.extras.delete(extra);
+        await this.stopChild(child);
+      },
+    };
+    this.extras.add(extra);
+    try {
+      await this.waitHealthy(30000, { child, port });
+    } catch (e) {
+      await extra.stop();
+      throw e;
+    }
+    return extra;
   }
 
   sidecarAlive() {
     return !!this.child && !this.child.exitInfo;
   }
 
-  async healthcheck() {
+  async healthcheck(port = this.port) {
     const ctl = new AbortController();
     const t = setTimeout(() => ctl.abort(), 3000);
     try {
-      const res = await fetch(this.httpUrl('/healthcheck'), { signal: ctl.signal });
+      const res = await fetch(`http://127.0.0.1:${port}/healthcheck`, { signal: ctl.signal });
       await res.arrayBuffer();
       return res.status;
     } catch {
@@ -260,14 +300,15 @@ export class Stack {
     }
   }
 
-  async waitHealthy(timeout = 30000) {
+  /** Waits for /healthcheck 200 from `child` (default: the main sidecar) on `port`. */
+  async waitHealthy(timeout = 30000, { child = this.child, port = this.port } = {}) {
     const deadline = Date.now() + timeout;
     for (;;) {
-      if (this.child?.exitInfo) {
-        throw new Error(`sidecar exited during startup (${JSON.stringify(this.child.exitInfo)}):\n${this.tail('sidecar.log')}`);
+      if (child?.exitInfo) {
+        throw new Error(`sidecar exited during startup (${JSON.stringify(child.exitInfo)}):\n${this.tail(child.logFile)}`);
       }
-      if ((await this.healthcheck()) === 200) return;
-      if (Date.now() > deadline) throw new Error(`sidecar not healthy after ${timeout} ms:\n${this.tail('sidecar.log')}`);
+      if ((await this.healthcheck(port)) === 200) return;
+      if (Date.now() > deadline) throw new Error(`sidecar not healthy after ${timeout} ms:\n${this.tail(child?.logFile ?? 'sidecar.log')}`);
       await delay(100);
     }
   }
@@ -276,6 +317,11 @@ export class Stack {
     const child = this.child;
     if (!child) return;
     this.child = null;
+    await this.stopChild(child);
+  }
+
+  /** SIGTERM (SIGKILL after 10 s) and wait for the exit. */
+  async stopChild(child) {
     if (!child.exitInfo) {
       child.kill('SIGTERM');
       const killer = setTimeout(() => child.kill('SIGKILL'), 10000);
@@ -293,9 +339,9 @@ export class Stack {
 
   // ---- clients --------------------------------------------------------------------------------
 
-  /** A real, unmodified RealtimeClient pointed at this sidecar. */
-  client({ vsn = '2.0.0', apikey = this.anonKey, ...opts } = {}) {
-    const c = new RealtimeClient(`ws://127.0.0.1:${this.port}/realtime/v1`, { params: { apikey }, vsn, ...opts });
+  /** A real, unmodified RealtimeClient pointed at this sidecar (or the one on `port`). */
+  client({ vsn = '2.0.0', apikey = this.anonKey, port = this.port, ...opts } = {}) {
+    const c = new RealtimeClient(`ws://127.0.0.1:${port}/realtime/v1`, { params: { apikey }, vsn, ...opts });
     this.clients.add(c);
     return c;
   }
@@ -361,7 +407,7 @@ export class Stack {
     try {
       const dest = path.join(out, path.basename(this.dir));
       fs.mkdirSync(dest, { recursive: true });
-      for (const f of ['sidecar.log', 'postgres.log']) {
+      for (const f of fs.readdirSync(this.dir).filter((name) => name.endsWith('.log'))) {
         const src = path.join(this.dir, f);
         if (fs.existsSync(src)) fs.copyFileSync(src, path.join(dest, f));
       }
@@ -378,6 +424,7 @@ export class Stack {
     await Promise.all([...this.clients].map((c) => this.closeClient(c)));
     for (const s of this.sessions) await s.end().catch(() => {});
     this.sessions.clear();
+    await Promise.all([...this.extras].map((x) => x.stop().catch(() => {})));
     await this.stopSidecar().catch(() => {});
     if (this.dir) {
       await this.stopPostgres().catch(() => {});
@@ -392,10 +439,12 @@ export class Stack {
   stopSync() {
     if (this.stopped) return;
     this.stopped = true;
-    try {
-      if (this.child && !this.child.exitInfo) this.child.kill('SIGKILL');
-    } catch {
-      /* ignore */
+    for (const child of [this.child, ...[...this.extras].map((x) => x.child)]) {
+      try {
+        if (child && !child.exitInfo) child.kill('SIGKILL');
+      } catch {
+        /* ignore */
+      }
     }
     if (this.dir) {
       try {

@@ -92,6 +92,19 @@ select realtime.broadcast('big', 'e', jsonb_build_object('blob', repeat('x', 200
 select length(payload::jsonb->>'blob') as blob_length from realtime._poll(:'epoch', :head, 100);
 select max(seq) as head from realtime.queue \gset
 
+-- test_publish_from_a_sidecar (in order, origin and extension kept, binary or JSON per element)
+select realtime._publish('00000000-0000-0000-0000-00000000000a',
+                         array['r1', 'r2', 'r1'], array[false, true, false],
+                         array['broadcast', 'presence', 'broadcast'], array['e1', 'presence_diff', 'e3'],
+                         array['{"n": 1}', '{"joins": {}, "leaves": {}}', null]::jsonb[],
+                         array[null, null, '\x0a0b']::bytea[]);
+select topic, private, extension, event, payload, binary_payload, msg_id, origin
+  from realtime._poll(:'epoch', :head, 100) order by seq;
+select max(seq) as head from realtime.queue \gset
+select realtime._enqueue('t', 'e', '{}'::jsonb, false, null, null, 'postgres_changes');
+select realtime._publish('00000000-0000-0000-0000-00000000000a', '{}', '{}', '{}', '{}', '{}', '{}');
+select count(*) as nothing_published from realtime._poll(:'epoch', :head, 100);
+
 -- test_epoch_change_reads_from_the_start
 select count(*) > 0 as unknown_epoch_reads_all from realtime._poll('not-the-epoch', :head, 100);
 
@@ -121,6 +134,7 @@ reset pg_realtime.queue_max_rows;
 create role someone;
 set role someone;
 select * from realtime._poll(:'epoch', 0, 1);
+select realtime._publish(null, '{}', '{}', '{}', '{}', '{}', '{}');
 select realtime.broadcast('from-someone', 'e', '{}');
 reset role;
 select topic from realtime.queue where topic = 'from-someone';

@@ -1,0 +1,183 @@
+//! Hands what clients send (broadcasts) to Postgres, so that every other sidecar on the same
+//! database delivers it too. This sidecar has already delivered it to its own clients; the rows
+//! carry its instance id as `origin` and its queue reader skips them.
+//!
+//! Ownership and invariants:
+//! * [`Publisher`] (in `AppState`) is the bounded entry: `publish` never waits. A full queue
+//!   means the database cannot keep up; the message then reaches this sidecar's clients only and
+//!   the loss is logged and counted (`dropped`).
+//! * One task ([`run`], owned by `main`, stopped by the shutdown token) drains the queue in
+//!   batches, one `realtime._publish` statement per batch, strictly one batch after another: what
+//!   one client sends reaches the other sidecars in the order it was sent.
+//! * A batch that cannot be written is retried with backoff for `RETRY_FOR`, then dropped: these
+//!   are live messages, worthless minutes later. At shutdown the queue is flushed once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::app::AppState;
+use crate::codec::UserPayload;
+use crate::fanout::TopicKey;
+
+/// Messages waiting for the database at most.
+pub const QUEUE_CAPACITY: usize = 8192;
+/// Messages written by one `realtime._publish` call at most.
+const BATCH: usize = 512;
+/// How long a failing batch is retried before it is dropped.
+const RETRY_FOR: Duration = Duration::from_secs(5);
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+const PUBLISH_SQL: &str = "SELECT realtime._publish($1::text::uuid, $2, $3, $4, $5, \
+                           $6::text[]::jsonb[], $7)";
+
+/// One message for the other sidecars.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub key: TopicKey,
+    /// `realtime.queue.extension`: `broadcast` or `presence`.
+    pub extension: &'static str,
+    pub event: String,
+    pub payload: UserPayload,
+}
+
+pub struct Publisher {
+    tx: mpsc::Sender<Outgoing>,
+    /// Taken once by [`run`].
+    rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    dropped: AtomicU64,
+}
+
+impl Publisher {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = mpsc::channel(capacity);
+        Publisher {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Queue `msg` for the other sidecars without waiting.
+    pub fn publish(&self, msg: Outgoing) {
+        if self.tx.try_send(msg).is_err() {
+            self.count_dropped(1, "publish queue full");
+        }
+    }
+
+    fn count_dropped(&self, n: u64, why: &str) {
+        let before = self.dropped.fetch_add(n, Ordering::Relaxed);
+        // The first loss, then one line per thousand: a stalled database must not flood the log.
+        if before == 0 || before / 1000 != (before + n) / 1000 {
+            tracing::warn!(
+                why,
+                dropped_total = before + n,
+                "messages not handed to other sidecars"
+            );
+        }
+    }
+}
+
+/// Drain the publish queue into the database until shutdown.
+pub async fn run(state: Arc<AppState>) {
+    let taken = state
+        .publisher
+        .rx
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let Some(mut rx) = taken else {
+        return;
+    };
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => break,
+            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { break },
+        }
+        write_with_retry(&state, &batch).await;
+        batch.clear();
+    }
+    // Flush what is already queued, once and briefly.
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        batch.push(msg);
+    }
+    for chunk in batch.chunks(BATCH) {
+        if !matches!(
+            tokio::time::timeout(SHUTDOWN_FLUSH, write(&state, chunk)).await,
+            Ok(Ok(()))
+        ) {
+            break;
+        }
+    }
+}
+
+async fn write_with_retry(state: &AppState, batch: &[Outgoing]) {
+    let give_up = tokio::time::Instant::now() + RETRY_FOR;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match write(state, batch).await {
+            Ok(()) => return,
+            Err(err) if tokio::time::Instant::now() + backoff < give_up => {
+                tracing::debug!(error = %err, "publishing to other sidecars failed, retrying");
+                tokio::select! {
+                    () = state.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "publishing to other sidecars failed");
+                state
+                    .publisher
+                    .count_dropped(batch.len() as u64, "database unavailable");
+                return;
+            }
+        }
+    }
+}
+
+async fn write(state: &AppState, batch: &[Outgoing]) -> Result<(), String> {
+    let client = state.db.get().await.map_err(|err| err.to_string())?;
+    let statement = client
+        .prepare_cached(PUBLISH_SQL)
+        .await
+        .map_err(|err| err.to_string())?;
+    let topics: Vec<&str> = batch.iter().map(|m| m.key.sub_topic.as_str()).collect();
+    let privates: Vec<bool> = batch.iter().map(|m| m.key.private).collect();
+    let extensions: Vec<&str> = batch.iter().map(|m| m.extension).collect();
+    let events: Vec<&str> = batch.iter().map(|m| m.event.as_str()).collect();
+    let json: Vec<Option<&str>> = batch
+        .iter()
+        .map(|m| match &m.payload {
+            UserPayload::Json(raw) => Some(raw.get()),
+            UserPayload::Binary(_) => None,
+        })
+        .collect();
+    let binary: Vec<Option<&[u8]>> = batch
+        .iter()
+        .map(|m| match &m.payload {
+            UserPayload::Json(_) => None,
+            UserPayload::Binary(bytes) => Some(bytes.as_ref()),
+        })
+        .collect();
+    client
+        .execute(
+            &statement,
+            &[
+                &state.instance,
+                &topics,
+                &privates,
+                &extensions,
+                &events,
+                &json,
+                &binary,
+            ],
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+    Ok(())
+}
