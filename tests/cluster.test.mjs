@@ -134,6 +134,21 @@ describe('presence across sidecars', () => {
     await presenceKeys(x, [], 'y left');
   });
 
+  test('one key, several metas (two tabs on two sidecars); a closed socket leaves', async () => {
+    const topic = uniq('tabs');
+    const tab1 = await channel(stack.client(), topic, { presence: { key: 'sam' } });
+    const tab2Client = c.client();
+    const tab2 = await channel(tab2Client, topic, { presence: { key: 'sam' } });
+    const watcher = await channel(b.client(), topic, { presence: { key: 'w' } });
+    assert.equal(await tab1.ch.track({ tab: 1 }), 'ok');
+    assert.equal(await tab2.ch.track({ tab: 2 }), 'ok');
+    await eventually(() => watcher.ch.presenceState().sam?.length === 2, { label: 'two metas for sam' });
+    assert.deepEqual(watcher.ch.presenceState().sam.map((m) => m.tab).sort(), [1, 2]);
+    tab2Client.disconnect(); // the socket ends without a phx_leave: its presence leaves
+    await eventually(() => watcher.ch.presenceState().sam?.length === 1, { label: 'one meta left' });
+    assert.equal(watcher.ch.presenceState().sam[0].tab, 1);
+  });
+
   test('a killed sidecar\'s presences leave everywhere within 10 s', async () => {
     const topic = uniq('lobby');
     const doomed = await stack.startExtraSidecar();
@@ -172,6 +187,24 @@ describe('presence across sidecars', () => {
     assert.equal(sys.message, 'Client presence rate limit exceeded');
     await h.statuses.waitFor((x) => x.status === 'CLOSED');
     await stack.assertHealthy();
+  });
+});
+
+describe('event rate limit', () => {
+  test('over MAX_EVENTS_PER_SECOND the sending channel is closed; other sidecars unaffected', async () => {
+    const limited = await stack.startExtraSidecar({ MAX_EVENTS_PER_SECOND: '5' });
+    const topic = uniq('rate');
+    const h = await channel(limited.client(), topic, { broadcast: { ack: true } });
+    const elsewhere = await channel(b.client(), topic);
+    for (let i = 0; i < 5; i += 1) h.ch.send({ type: 'broadcast', event: 'burst', payload: { i } });
+    h.ch.send({ type: 'broadcast', event: 'burst', payload: { i: 5 } });
+    const sys = await h.system.waitFor((m) => m.status === 'error');
+    assert.equal(sys.message, 'Too many messages per second');
+    await h.statuses.waitFor((x) => x.status === 'CLOSED');
+    await elsewhere.inbox.waitForCount(5, (m) => m.event === 'burst');
+    await delay(300);
+    assert.deepEqual(elsewhere.inbox.items.map((m) => m.payload.i), [0, 1, 2, 3, 4]);
+    await limited.stop();
   });
 });
 

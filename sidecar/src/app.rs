@@ -24,6 +24,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::db;
 use crate::fanout::Registry;
+use crate::limits::PerSecond;
 use crate::presence::Presence;
 use crate::publisher::{self, Publisher};
 use crate::{rest, ws};
@@ -42,6 +43,8 @@ pub struct AppState {
     pub publisher: Publisher,
     /// This sidecar's presences and presence subscribers.
     pub presence: Presence,
+    /// Client events per second, for `MAX_EVENTS_PER_SECOND`.
+    pub events: PerSecond,
     pub registry: Registry,
     /// Whether the queue reader currently holds a working database connection.
     pub db_connected: AtomicBool,
@@ -59,6 +62,7 @@ impl AppState {
             instance: uuid::Uuid::new_v4().to_string(),
             publisher: Publisher::new(publisher::QUEUE_CAPACITY),
             presence: Presence::default(),
+            events: PerSecond::default(),
             config,
             registry: Registry::default(),
             db_connected: AtomicBool::new(false),

@@ -65,6 +65,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_payload_bytes: u32,
 
+    /// Client events (broadcasts and presence changes) per second this sidecar accepts from all
+    /// its clients; the channel whose event goes over it is closed ("Too many messages per
+    /// second"). 0: no limit (Supabase's default is 100 per project).
+    #[arg(long, env = "MAX_EVENTS_PER_SECOND", default_value_t = 0)]
+    pub max_events_per_second: u32,
+
     /// Presence `track`/`untrack` calls a channel may make per `PRESENCE_WINDOW_SECS`; one more
     /// closes it ("Client presence rate limit exceeded").
     #[arg(long, env = "PRESENCE_MAX_CALLS", default_value_t = 5,

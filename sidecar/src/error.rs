@@ -31,6 +31,8 @@ pub const PRESENCE_NOT_A_MAP: &str = "Presence track payload must be a map";
 pub const PRESENCE_RATE_LIMITED: &str = "Client presence rate limit exceeded";
 pub const PRESENCE_TOO_MANY: &str = "Too many presence messages per second";
 pub const PRESENCE_TOO_LARGE: &str = "Track message size exceeded";
+/// Closes a channel whose client event goes over `MAX_EVENTS_PER_SECOND` (§7.4).
+pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 
 /// Pushed as a `postgres_changes` system error until Postgres Changes are implemented.
 pub const POSTGRES_CHANGES_DISABLED: &str = "Postgres Changes are not enabled on this server yet";

@@ -23,6 +23,7 @@ pub mod config;
 mod db;
 mod error;
 mod fanout;
+mod limits;
 mod policies;
 pub mod presence;
 pub mod publisher;

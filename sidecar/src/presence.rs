@@ -24,11 +24,11 @@ use base64::Engine;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::codec::{self, UserPayload};
 use crate::fanout::{ConnHandle, Registry, SubId, TopicKey};
+use crate::limits::PerSecond;
 use crate::publisher::{Outgoing, Publisher};
 
 /// How often each sidecar says it is alive.
@@ -104,8 +104,8 @@ pub struct Presence {
     subs: Registry,
     /// This sidecar's presences by topic, then by `phx_ref`.
     local: Mutex<HashMap<TopicKey, HashMap<String, Meta>>>,
-    /// Presence changes in the current second, for the per-second limit.
-    rate: Mutex<(Option<Instant>, u32)>,
+    /// Presence changes per second, for `MAX_PRESENCE_EVENTS_PER_SECOND`.
+    pub rate: PerSecond,
 }
 
 impl Presence {
@@ -170,16 +170,6 @@ impl Presence {
                 payload,
             ))
         });
-    }
-
-    /// Count one client presence change against `max_per_second`; false once over it.
-    pub fn admit(&self, max_per_second: u32, now: Instant) -> bool {
-        let mut rate = self.rate.lock().unwrap_or_else(PoisonError::into_inner);
-        match rate.0 {
-            Some(start) if now.duration_since(start) < Duration::from_secs(1) => rate.1 += 1,
-            _ => *rate = (Some(now), 1),
-        }
-        rate.1 <= max_per_second
     }
 
     /// Every local presence as joins per topic (to announce them again).

@@ -41,7 +41,7 @@ use crate::codec::{self, Broadcast, Frame, InPayload, Inbound, Reply};
 use crate::error::{
     read_revoked, write_denied, AuthError, JoinError, PolicyError, PAYLOAD_SIZE_EXCEEDED,
     POSTGRES_CHANGES_DISABLED, PRESENCE_NOT_A_MAP, PRESENCE_RATE_LIMITED, PRESENCE_TOO_LARGE,
-    PRESENCE_TOO_MANY, UNMATCHED_TOPIC,
+    PRESENCE_TOO_MANY, TOO_MANY_MESSAGES, UNMATCHED_TOPIC,
 };
 use crate::fanout::{ConnHandle, TopicKey};
 use crate::policies::{self, Permissions, Subject};
@@ -164,6 +164,9 @@ impl Session {
                 )
             };
         }
+        if matches!(msg.event.as_str(), "broadcast" | "presence") && !self.admit_event() {
+            return self.shutdown_channel(&msg.topic, TOO_MANY_MESSAGES);
+        }
         match msg.event.as_str() {
             "phx_leave" => self.leave(&msg.topic, msg.msg_ref.as_deref()),
             "broadcast" => self.broadcast(&msg.topic, msg.msg_ref.as_deref(), msg.payload),
@@ -172,6 +175,12 @@ impl Session {
             // Realtime ignores unknown events on a joined channel (the client push times out).
             other => tracing::debug!(conn = self.conn.id, topic, event = other, "ignored event"),
         }
+    }
+
+    /// Count a client event against `MAX_EVENTS_PER_SECOND` (0: no limit).
+    fn admit_event(&self) -> bool {
+        let max = self.state.config.max_events_per_second;
+        max == 0 || self.state.events.admit(max, Instant::now())
     }
 
     /// The next instant [`Session::on_timer`] has work to do.
@@ -657,6 +666,7 @@ impl Session {
                 } else if !self
                     .state
                     .presence
+                    .rate
                     .admit(config.max_presence_events_per_second, now)
                 {
                     PresenceOutcome::Close(PRESENCE_TOO_MANY)
@@ -1437,6 +1447,21 @@ mod tests {
             other.recv()[4]["message"],
             "Too many presence messages per second"
         );
+    }
+
+    #[test]
+    fn events_over_the_limit_close_the_channel() {
+        let state = state_with(&["--max-events-per-second=2"]);
+        let mut c = Client::new(&state);
+        c.join("realtime:r", "1", json!({"broadcast": {"ack": true}}));
+        let push = json!({"type":"broadcast","event":"e","payload":{}});
+        for r in ["2", "3"] {
+            c.send(&json!(["1", r, "realtime:r", "broadcast", push]).to_string());
+            assert_eq!(c.recv()[4]["status"], "ok");
+        }
+        c.send(&json!(["1", "4", "realtime:r", "broadcast", push]).to_string());
+        assert_eq!(c.recv()[4]["message"], "Too many messages per second");
+        assert_eq!(c.recv()[3], "phx_close");
     }
 
     #[test]

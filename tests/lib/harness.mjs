@@ -252,15 +252,15 @@ export class Stack {
 
   /**
    * Starts one more sidecar process against this stack's database, with the main one's
-   * environment but its own port and log (`sidecar-extra-N.log`): what one sidecar queues,
+   * environment (plus `extraEnv`) but its own port and log (`sidecar-extra-N.log`): what one sidecar queues,
    * every sidecar delivers. Returns `{port, child, httpUrl(path), client(opts), stop()}`:
    * `client(opts)` is `stack.client(opts)` connected to this sidecar, `child` its process (to
    * kill it in a test). `stack.stop()` stops every extra sidecar still running.
    */
-  async startExtraSidecar() {
+  async startExtraSidecar(extraEnv = {}) {
     this.extraStarts += 1;
     const port = await freePort();
-    const env = { ...this.sidecarEnvironment(), PORT: String(port) };
+    const env = { ...this.sidecarEnvironment(), ...extraEnv, PORT: String(port) };
     const child = this.spawnSidecar(env, `sidecar-extra-${this.extraStarts}.log`, `extra sidecar start on port ${port}`);
     const extra = {
       port,
