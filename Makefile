@@ -18,9 +18,11 @@ deps:
 node:
 	bash scripts/install-node.sh >/dev/null
 
-# Builds the release extension into Debian's PostgreSQL 15 directories.
+# Builds the release extension and installs it into Debian's PostgreSQL 15 directories (by
+# rename, so running clusters keep the library they loaded).
 install: deps
-	cd extension && cargo pgrx install --release --pg-config $(PG_CONFIG)
+	cd extension && cargo pgrx package --pg-config $(PG_CONFIG)
+	bash scripts/install-ext.sh
 
 sidecar:
 	cargo build --release -p pg-realtime-sidecar

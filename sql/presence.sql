@@ -51,8 +51,8 @@ as $$
     on conflict (phx_ref) do update set meta = excluded.meta;
 $$;
 
--- _presence_remove: sidecars `gone` have stopped; their presences leave everywhere, each topic
--- getting one leave diff (from no origin: every sidecar delivers it). Concurrent callers are
+-- _presence_remove: sidecars `gone` have stopped; their presences leave everywhere (and their
+-- Postgres Changes subscriptions are dropped), each topic getting one leave diff (from no origin: every sidecar delivers it). Concurrent callers are
 -- safe: only the transaction that deletes a sidecar's row removes its presences.
 create function realtime._presence_remove(gone uuid[])
 returns void
@@ -80,6 +80,12 @@ begin
         perform realtime._enqueue(left_topic.topic, 'presence_diff', left_topic.diff,
                                   left_topic.private, null, null, 'presence');
     end loop;
+    -- Their Postgres Changes subscriptions go too (sql/changes.sql).
+    delete from realtime.subscription s
+     where s.sidecar = any(gone) and not exists (select from realtime.sidecars where id = s.sidecar);
+    if found then
+        perform realtime._subscriptions_changed();
+    end if;
 end
 $$;
 

@@ -3,14 +3,16 @@
 -- One row per committed message. UNLOGGED: no WAL on the writer's path, emptied by crash
 -- recovery (which starts a new epoch, see queue_epoch). `seq` is assigned at pre-commit in commit
 -- order and doubles as the message's offset within its topic (increasing, not contiguous).
--- `extension` is what the row carries: a 'broadcast' (user event) or a 'presence' diff. `origin`
+-- `extension` is what the row carries: a 'broadcast' (user event), a 'presence' diff, or a
+-- 'postgres_changes' change for the subscriptions of the sidecar named by `topic`. `origin`
 -- is the sidecar that already delivered the message to its own clients (null: from SQL), so it
 -- skips the row when reading it back.
 create unlogged table realtime.queue (
     seq            bigint      primary key,
     topic          text        not null,
     private        boolean     not null default false,
-    extension      text        not null default 'broadcast' check (extension in ('broadcast', 'presence')),
+    extension      text        not null default 'broadcast'
+                               check (extension in ('broadcast', 'presence', 'postgres_changes')),
     event          text        not null,
     payload        jsonb,
     binary_payload bytea,

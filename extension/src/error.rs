@@ -50,7 +50,7 @@ impl RealtimeError {
             ),
             Self::UnknownExtension(e) => (
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("extension must be 'broadcast' or 'presence', not '{e}'"),
+                format!("extension must be 'broadcast', 'presence' or 'postgres_changes', not '{e}'"),
                 None,
             ),
         };

@@ -10,6 +10,7 @@
 //! memory and the notifier is a background worker.
 use pgrx::prelude::*;
 
+mod changes;
 mod error;
 mod guc;
 mod horizon;
@@ -22,6 +23,7 @@ pgrx::pg_module_magic!();
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../../sql/authorization.sql", name = "authorization", requires = ["schema"]);
 extension_sql_file!("../../sql/presence.sql", name = "presence", requires = ["schema"]);
+extension_sql_file!("../../sql/changes.sql", name = "changes", requires = ["schema", _capture, subscriptions_changed]);
 extension_sql_file!("../../sql/api.sql", name = "api", finalize);
 
 #[pg_guard]
@@ -31,6 +33,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     guc::register();
     horizon::init_shmem();
+    changes::init_shmem();
     queue::register_callbacks();
     notifier::register();
 }

@@ -25,6 +25,7 @@ pub struct Message {
 pub enum Extension {
     Broadcast,
     Presence,
+    PostgresChanges,
 }
 
 impl Extension {
@@ -32,6 +33,7 @@ impl Extension {
         match name {
             "broadcast" => Some(Extension::Broadcast),
             "presence" => Some(Extension::Presence),
+            "postgres_changes" => Some(Extension::PostgresChanges),
             _ => None,
         }
     }
@@ -40,6 +42,7 @@ impl Extension {
         match self {
             Extension::Broadcast => "broadcast",
             Extension::Presence => "presence",
+            Extension::PostgresChanges => "postgres_changes",
         }
     }
 }

@@ -59,6 +59,7 @@ unsafe extern "C-unwind" fn on_subxact(
 
 fn finish(committed: bool) {
     pending::clear();
+    crate::changes::on_xact_end(committed);
     if HOLDS_SLOT.replace(false) {
         horizon::release(committed);
     }

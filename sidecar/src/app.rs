@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::Auth;
+use crate::changes::Changes;
 use crate::config::Config;
 use crate::db;
 use crate::fanout::Registry;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub presence: Presence,
     /// Client events per second, for `MAX_EVENTS_PER_SECOND`.
     pub events: PerSecond,
+    /// Where the Postgres Changes routed to this sidecar go.
+    pub changes: Changes,
     pub registry: Registry,
     /// Whether the queue reader currently holds a working database connection.
     pub db_connected: AtomicBool,
@@ -63,6 +66,7 @@ impl AppState {
             publisher: Publisher::new(publisher::QUEUE_CAPACITY),
             presence: Presence::default(),
             events: PerSecond::default(),
+            changes: Changes::default(),
             config,
             registry: Registry::default(),
             db_connected: AtomicBool::new(false),

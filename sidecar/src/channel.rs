@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -39,6 +40,9 @@ pub struct JoinConfig {
     pub private: bool,
     /// `config.postgres_changes` object entries, exactly as sent.
     pub postgres_changes: Vec<Map<String, Value>>,
+    /// `config.postgres_changes_options.wait`: hold the join reply until the subscriptions are
+    /// live, at most this long (the client's `timeout`, clamped to 1–20 s; default 15 s).
+    pub changes_wait: Option<Duration>,
 }
 
 impl JoinConfig {
@@ -63,6 +67,12 @@ impl JoinConfig {
                         .collect()
                 })
                 .unwrap_or_default(),
+            changes_wait: flexible_bool(at(&["postgres_changes_options", "wait"])).then(|| {
+                let ms = at(&["postgres_changes_options", "timeout"])
+                    .and_then(Value::as_u64)
+                    .unwrap_or(15_000);
+                Duration::from_millis(ms.clamp(1_000, 20_000))
+            }),
         }
     }
 }
@@ -129,12 +139,28 @@ pub struct Channel {
     pub expires_at: Option<Instant>,
     /// Next periodic re-evaluation of a private channel's policies.
     pub recheck_at: Option<Instant>,
+    /// This channel instance among all channels with Postgres Changes (`changes::Changes`).
+    pub registration: u64,
+    /// The `_subscribe` form of its `postgres_changes` bindings (`None`: none, or refused).
+    pub bindings: Option<Arc<str>>,
+    /// Its live subscription ids, and the latest subscribe started (stale results are dropped).
+    pub change_subs: Vec<i64>,
+    pub changes_ticket: u64,
+    /// With `postgres_changes_options.wait`: the join reply, held until the subscriptions are live.
+    pub held_reply: Option<HeldReply>,
     /// Ticket of the latest policy evaluation started for this channel.
     pub ticket: u64,
     /// The evaluation running for this channel, if any; `reevaluate_again`: the token changed
     /// meanwhile, so its verdict is stale and another round follows.
     pub reevaluating: Option<Reevaluation>,
     pub reevaluate_again: bool,
+}
+
+/// A join reply waiting for the channel's Postgres Changes subscriptions.
+#[derive(Debug)]
+pub struct HeldReply {
+    pub msg_ref: Option<String>,
+    pub echo: Vec<Value>,
 }
 
 /// Why a joined channel's policies are evaluated again.

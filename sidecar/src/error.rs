@@ -25,6 +25,12 @@ pub const UNMATCHED_TOPIC: &str = "unmatched topic";
 /// `MAX_PAYLOAD_BYTES` (PROTOCOL.md §4.3).
 pub const PAYLOAD_SIZE_EXCEEDED: &str = "payload_size_exceeded";
 
+/// The database cannot be reached (join reasons and `system` messages quote it).
+pub const UNABLE_TO_CONNECT: &str = "Realtime was unable to connect to the project database";
+
+/// `system` message once a channel's Postgres Changes subscriptions are live (§6.3).
+pub const SUBSCRIBED_TO_POSTGRES: &str = "Subscribed to PostgreSQL";
+
 /// Presence (PROTOCOL.md §5.1, §5.5): the error reply to a `track` whose payload is not an
 /// object, and the messages that close a channel over a presence limit.
 pub const PRESENCE_NOT_A_MAP: &str = "Presence track payload must be a map";
@@ -33,9 +39,6 @@ pub const PRESENCE_TOO_MANY: &str = "Too many presence messages per second";
 pub const PRESENCE_TOO_LARGE: &str = "Track message size exceeded";
 /// Closes a channel whose client event goes over `MAX_EVENTS_PER_SECOND` (§7.4).
 pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
-
-/// Pushed as a `postgres_changes` system error until Postgres Changes are implemented.
-pub const POSTGRES_CHANGES_DISABLED: &str = "Postgres Changes are not enabled on this server yet";
 
 /// Why a JWT was refused. `Display` is the bare message (used as-is in connect refusals and in
 /// channel-shutdown system messages).
@@ -154,6 +157,11 @@ pub enum JoinError {
     IncreaseConnectionPool,
     #[error("UnableToConnectToProject: Realtime was unable to connect to the project database")]
     UnableToConnect,
+    /// `postgres_changes_options.wait`: the bindings were refused (§10.1).
+    #[error("RealtimeDisabledForConfiguration: {0}")]
+    ChangesRefused(String),
+    #[error("PostgresChangesSubscribeTimeout: Timed out after {0}ms waiting for the postgres_changes subscription")]
+    ChangesTimeout(u64),
 }
 
 /// Why a private channel's policies could not be evaluated. `Display` is for logs only; clients
@@ -185,7 +193,7 @@ impl PolicyError {
     pub fn close_message(&self, sub_topic: &str) -> String {
         match self {
             PolicyError::PoolExhausted | PolicyError::Unavailable(_) => {
-                "Realtime was unable to connect to the project database".to_owned()
+                UNABLE_TO_CONNECT.to_owned()
             }
             other => other.join_error(sub_topic).to_string(),
         }
@@ -209,6 +217,72 @@ pub fn read_revoked(sub_topic: &str) -> String {
 /// allow. Supabase drops such a message silently; the sender deserves to know.
 pub fn write_denied(sub_topic: &str) -> String {
     format!("Unauthorized: You do not have permissions to write to this Channel topic: {sub_topic}")
+}
+
+/// A `postgres_changes` binding that cannot be subscribed (PROTOCOL.md §6.1–§6.3, §10.3).
+/// `Display` is the `message` of the `system` error; texts are Supabase's where it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FilterError {
+    /// Neither `schema` nor `table` (or one that is not a string); built by
+    /// [`FilterError::no_params`].
+    #[error(
+        "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: {0}"
+    )]
+    NoParams(String),
+    #[error("Error parsing `filter` params: {0}")]
+    Filter(#[from] FilterSyntax),
+    #[error(
+        "Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]"
+    )]
+    SelectNotList,
+    #[error(
+        "Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name."
+    )]
+    SelectOnWildcard,
+}
+
+impl FilterError {
+    /// Shows the entry as compact JSON, except that an entry carrying a token is not echoed
+    /// (Supabase redacts it the same way).
+    pub fn no_params(entry: &serde_json::Map<String, serde_json::Value>) -> Self {
+        if entry.contains_key("user_token") || entry.contains_key("auth_token") {
+            return FilterError::NoParams("<redacted>".to_owned());
+        }
+        FilterError::NoParams(serde_json::Value::Object(entry.clone()).to_string())
+    }
+}
+
+/// What is wrong with a `filter` string. Conditions are quoted as written (from their start to
+/// the next comma) so that the client can find the culprit.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FilterSyntax {
+    #[error("`filter` must be a string")]
+    NotAString,
+    #[error("filter must not contain empty segments (check for extra commas)")]
+    EmptyCondition,
+    #[error("missing `=` in `{0}`")]
+    MissingEquals(String),
+    #[error("empty column name in `{0}`")]
+    EmptyColumn(String),
+    #[error("missing `.` after the operator in `{0}`")]
+    MissingDot(String),
+    #[error("unknown operator `{0}`")]
+    UnknownOperator(String),
+    #[error("unterminated quote in `{0}`")]
+    UnterminatedQuote(String),
+    #[error("unexpected text after a closing quote in `{0}`")]
+    TextAfterQuote(String),
+    #[error("unbalanced parentheses in `{0}`; quote values containing `,`, `(` or `)`")]
+    UnbalancedParentheses(String),
+    #[error("`in` filter value must be wrapped by parentheses")]
+    InNotParenthesized,
+    /// Shows the column.
+    #[error("empty value in the `in` list of `{0}`; write \"\" for an empty string")]
+    EmptyInValue(String),
+    #[error("`in` filter accepts at most {} values", crate::filter::MAX_IN_VALUES)]
+    TooManyInValues,
+    #[error("invalid `is` value `{0}`; expected null, true, false or unknown")]
+    BadIsValue(String),
 }
 
 /// Field error of a REST broadcast: required and missing, `null` or blank (Ecto's message).

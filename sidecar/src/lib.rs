@@ -17,12 +17,14 @@
 
 pub mod app;
 mod auth;
+mod changes;
 mod channel;
 mod codec;
 pub mod config;
 mod db;
 mod error;
 mod fanout;
+pub mod filter;
 mod limits;
 mod policies;
 pub mod presence;

@@ -236,6 +236,9 @@ pub async fn run(state: Arc<AppState>) {
             Ok(false) => {}
             Err(err) => tracing::warn!(error = %err, "presence heartbeat failed"),
         }
+        if let Err(err) = crate::changes::sweep(&state).await {
+            tracing::warn!(error = %err, "sweeping postgres_changes subscriptions failed");
+        }
     }
     let leave = async {
         let client = state.db.get().await.map_err(|err| err.to_string())?;

@@ -196,6 +196,15 @@ fn deliver(state: &AppState, row: &Row, seq: i64) -> Result<(), QueueError> {
             }
             Err(err) => tracing::warn!(seq, error = %err, "queue row skipped"),
         },
+        "postgres_changes" => {
+            // Routed to one sidecar (`topic`); the others skip it.
+            if row.try_get::<_, &str>("topic")? == state.instance {
+                let payload: Option<&str> = row.try_get("payload")?;
+                if let Err(err) = state.changes.deliver(payload.unwrap_or("null")) {
+                    tracing::warn!(seq, error = %err, "queue row skipped");
+                }
+            }
+        }
         "presence" => match presence_of(row) {
             Ok((key, diff)) => state.presence.deliver(&key, &diff),
             Err(err) => tracing::warn!(seq, error = %err, "queue row skipped"),

@@ -27,6 +27,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -36,14 +37,16 @@ use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::auth::{unix_now, Claims};
-use crate::channel::{self, Channel, ChannelTable, JoinConfig, Reevaluation};
+use crate::changes::{self, SubscribeFailure};
+use crate::channel::{self, Channel, ChannelTable, HeldReply, JoinConfig, Reevaluation};
 use crate::codec::{self, Broadcast, Frame, InPayload, Inbound, Reply};
 use crate::error::{
     read_revoked, write_denied, AuthError, JoinError, PolicyError, PAYLOAD_SIZE_EXCEEDED,
-    POSTGRES_CHANGES_DISABLED, PRESENCE_NOT_A_MAP, PRESENCE_RATE_LIMITED, PRESENCE_TOO_LARGE,
-    PRESENCE_TOO_MANY, TOO_MANY_MESSAGES, UNMATCHED_TOPIC,
+    PRESENCE_NOT_A_MAP, PRESENCE_RATE_LIMITED, PRESENCE_TOO_LARGE, PRESENCE_TOO_MANY,
+    SUBSCRIBED_TO_POSTGRES, TOO_MANY_MESSAGES, UNMATCHED_TOPIC,
 };
 use crate::fanout::{ConnHandle, TopicKey};
+use crate::filter;
 use crate::policies::{self, Permissions, Subject};
 use crate::presence::{self, Diff, Meta};
 use crate::publisher::Outgoing;
@@ -78,6 +81,15 @@ struct Grant {
 pub enum DbDone {
     Policies(Evaluated),
     PresenceState(PresenceState),
+    Subscribed(Subscribed),
+}
+
+/// A channel's Postgres Changes subscriptions, created (or not) in the database.
+pub struct Subscribed {
+    topic: String,
+    registration: u64,
+    ticket: u64,
+    result: Result<Vec<(u64, i64)>, SubscribeFailure>,
 }
 
 /// Other sidecars' presences on a channel's topic, loaded for its `presence_state`.
@@ -231,6 +243,7 @@ impl Session {
                 self.on_evaluated(evaluated)
             }
             DbDone::PresenceState(loaded) => self.on_presence_state(loaded),
+            DbDone::Subscribed(subscribed) => self.on_subscribed(subscribed),
         }
     }
 
@@ -424,6 +437,7 @@ impl Session {
             .iter()
             .map(channel::postgres_change_echo)
             .collect();
+        let bindings = parse_bindings(&config.postgres_changes, &echo);
         let recheck_at = config
             .private
             .then(|| Instant::now() + self.state.config.policy_recheck());
@@ -448,32 +462,145 @@ impl Session {
                 expires_at: channel::deadline(claims.exp, unix_now()),
                 claims,
                 recheck_at,
+                registration: self.state.changes.next_channel(),
+                bindings: bindings.as_ref().ok().cloned().flatten(),
+                change_subs: Vec::new(),
+                changes_ticket: 0,
+                held_reply: None,
                 ticket: 0,
                 reevaluating: None,
                 reevaluate_again: false,
             },
         );
         tracing::debug!(conn = self.conn.id, topic, "joined");
-        let has_changes = !echo.is_empty();
-        self.reply(
-            join_ref.as_deref(),
-            msg_ref.as_deref(),
-            &topic,
-            "ok",
-            json!({ "postgres_changes": echo }),
-        );
-        if has_changes {
-            let system = System {
-                extension: "postgres_changes",
-                status: "error",
-                message: POSTGRES_CHANGES_DISABLED,
-                channel: &sub,
-            };
-            self.push(join_ref.as_deref(), None, &topic, "system", &system);
+        match (bindings, config.changes_wait) {
+            (Err(message), Some(_)) => {
+                if let Some(ch) = self.channels.remove(&topic) {
+                    self.release(&ch);
+                }
+                return self.refuse(join_ref, msg_ref, topic, JoinError::ChangesRefused(message));
+            }
+            (Ok(Some(_)), Some(wait)) => {
+                if let Some(ch) = self.channels.get_mut(&topic) {
+                    ch.held_reply = Some(HeldReply { msg_ref, echo });
+                }
+                self.subscribe_changes(&topic, Some(wait));
+            }
+            (bindings, _) => {
+                self.reply(
+                    join_ref.as_deref(),
+                    msg_ref.as_deref(),
+                    &topic,
+                    "ok",
+                    json!({ "postgres_changes": echo }),
+                );
+                match bindings {
+                    Ok(Some(_)) => self.subscribe_changes(&topic, None),
+                    Ok(None) => {}
+                    Err(message) => self.changes_status(&topic, "error", &message),
+                }
+            }
         }
         if config.presence_enabled && permissions.presence_read {
             self.subscribe_presence(&topic, true);
         }
+    }
+
+    /// Create (again) a channel's Postgres Changes subscriptions with its current claims.
+    fn subscribe_changes(&mut self, topic: &str, wait: Option<Duration>) {
+        let Some(ch) = self.channels.get_mut(topic) else {
+            return;
+        };
+        let Some(bindings) = ch.bindings.clone() else {
+            return;
+        };
+        ch.changes_ticket += 1;
+        let (registration, ticket) = (ch.registration, ch.changes_ticket);
+        let claims = Value::Object(ch.claims.all.clone()).to_string();
+        let (state, topic) = (self.state.clone(), topic.to_owned());
+        self.db_work.push(Box::pin(async move {
+            let result = changes::subscribe(&state, &claims, &bindings, wait).await;
+            DbDone::Subscribed(Subscribed {
+                topic,
+                registration,
+                ticket,
+                result,
+            })
+        }));
+    }
+
+    fn on_subscribed(&mut self, done: Subscribed) {
+        let Subscribed {
+            topic,
+            registration,
+            ticket,
+            result,
+        } = done;
+        let Some(ch) = self.channels.get_mut(&topic) else {
+            return; // the channel ended: its rows are swept
+        };
+        if ch.registration != registration || ch.changes_ticket != ticket {
+            return;
+        }
+        let held = ch.held_reply.take();
+        let join_ref = ch.join_ref.clone();
+        match result {
+            Ok(subs) => {
+                self.state.changes.unregister(&ch.change_subs);
+                self.state
+                    .changes
+                    .register(&self.conn, &topic, registration, &subs);
+                ch.change_subs = subs.iter().map(|(_, id)| *id).collect();
+                if let Some(HeldReply { msg_ref, echo }) = held {
+                    let response = json!({ "postgres_changes": echo });
+                    self.reply(
+                        join_ref.as_deref(),
+                        msg_ref.as_deref(),
+                        &topic,
+                        "ok",
+                        response,
+                    );
+                }
+                self.changes_status(&topic, "ok", SUBSCRIBED_TO_POSTGRES);
+            }
+            Err(failure) => {
+                tracing::info!(
+                    conn = self.conn.id,
+                    topic,
+                    ?failure,
+                    "postgres_changes subscription failed"
+                );
+                if let Some(HeldReply { msg_ref, .. }) = held {
+                    if let Some(ch) = self.channels.remove(&topic) {
+                        self.release(&ch);
+                    }
+                    let err = match failure {
+                        SubscribeFailure::Refused(message) => JoinError::ChangesRefused(message),
+                        SubscribeFailure::Timeout(ms) => JoinError::ChangesTimeout(ms),
+                    };
+                    return self.refuse(join_ref, msg_ref, topic, err);
+                }
+                let message = match failure {
+                    SubscribeFailure::Refused(message) => message,
+                    SubscribeFailure::Timeout(ms) => JoinError::ChangesTimeout(ms).to_string(),
+                };
+                self.changes_status(&topic, "error", &message);
+            }
+        }
+    }
+
+    /// A `postgres_changes` `system` message on a joined channel (§6.3).
+    fn changes_status(&self, topic: &str, status: &str, message: &str) {
+        let Some(ch) = self.channels.get(topic) else {
+            return;
+        };
+        let system = System {
+            extension: "postgres_changes",
+            status,
+            message,
+            channel: &ch.key.sub_topic,
+        };
+        self.push(ch.join_ref.as_deref(), None, topic, "system", &system);
     }
 
     /// Start delivering presence diffs to a joined channel; with `send_state`, also load and
@@ -731,7 +858,10 @@ impl Session {
                 ch.token = token.to_owned();
                 ch.expires_at = channel::deadline(claims.exp, unix_now());
                 ch.claims = claims;
-                if ch.key.private {
+                let private = ch.key.private;
+                // Postgres Changes are re-created with the new claims (a new system message).
+                self.subscribe_changes(topic, None);
+                if private {
                     self.reevaluate(topic, Reevaluation::Refresh);
                 }
             }
@@ -882,7 +1012,25 @@ fn track(ch: &mut Channel, payload: Option<&Value>, max_bytes: usize) -> Presenc
     })
 }
 
+/// The `_subscribe` form of a join's `postgres_changes` entries (`None`: there are none), or the
+/// first entry's error for the client.
+fn parse_bindings(
+    entries: &[Map<String, Value>],
+    echo: &[Value],
+) -> Result<Option<Arc<str>>, String> {
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let mut bindings = Vec::with_capacity(entries.len());
+    for (entry, echoed) in entries.iter().zip(echo) {
+        let binding = filter::parse_binding(entry).map_err(|err| err.to_string())?;
+        bindings.push((echoed["id"].as_u64().unwrap_or_default(), binding));
+    }
+    Ok(Some(changes::bindings_json(&bindings).into()))
+}
+
 fn release(state: &AppState, ch: &Channel) {
+    state.changes.unregister(&ch.change_subs);
     if let Some(id) = ch.sub_id {
         state.registry.unsubscribe(&ch.key, id);
     }
@@ -1530,13 +1678,99 @@ mod tests {
             without_id.as_object_mut().map(|o| o.remove("id"));
             assert_eq!(&without_id, entry);
         }
+        // The subscriptions and the presence state are database work that follows the reply.
+        c.assert_silent();
+        assert_eq!(c.session.db_work.len(), 2);
+    }
+
+    /// Finish the subscribe in flight on `topic` with `result`.
+    fn subscribed(c: &mut Client, topic: &str, result: Result<Vec<(u64, i64)>, SubscribeFailure>) {
+        let ch = c.session.channels.get(topic).expect("joined");
+        let done = Subscribed {
+            topic: topic.into(),
+            registration: ch.registration,
+            ticket: ch.changes_ticket,
+            result,
+        };
+        c.session.db_work.clear();
+        c.session.on_db_done(DbDone::Subscribed(done));
+        c.session.on_timer(Instant::now());
+    }
+
+    #[test]
+    fn postgres_changes_subscription_lifecycle() {
+        let state = state();
+        let mut c = Client::new(&state);
+        let entry = json!([{"event":"*","schema":"public","table":"todos"}]);
+        let reply = c.join("realtime:db", "1", json!({"postgres_changes": entry}));
+        let id = reply[4]["response"]["postgres_changes"][0]["id"]
+            .as_u64()
+            .expect("id");
+        subscribed(&mut c, "realtime:db", Ok(vec![(id, 41)]));
         assert_eq!(
             c.recv(),
-            json!(["9", null, "realtime:db", "system", {"extension":"postgres_changes","status":"error",
-                   "message":"Postgres Changes are not enabled on this server yet","channel":"db"}])
+            json!(["1", null, "realtime:db", "system", {"extension":"postgres_changes","status":"ok",
+                   "message":"Subscribed to PostgreSQL","channel":"db"}])
         );
-        // presence_state follows once the other sidecars' presences are loaded.
-        assert_eq!(c.session.db_work.len(), 1);
+        let change = json!({"subscriptions": [41, 99], "data": {"type": "INSERT"}}).to_string();
+        state.changes.deliver(&change).expect("routed change");
+        assert_eq!(
+            c.recv(),
+            json!([null, null, "realtime:db", "postgres_changes", {"ids": [id], "data": {"type": "INSERT"}}])
+        );
+        // After leaving, the channel's subscriptions receive nothing.
+        c.send(r#"["1","2","realtime:db","phx_leave",{}]"#);
+        c.recv();
+        c.recv();
+        state.changes.deliver(&change).expect("routed change");
+        c.assert_silent();
+    }
+
+    #[test]
+    fn postgres_changes_errors_and_wait() {
+        let state = state();
+        let mut c = Client::new(&state);
+        let bad = json!([{"event":"*","schema":"public","table":"todos","filter":"id=zz.1"}]);
+        c.join("realtime:a", "1", json!({"postgres_changes": bad}));
+        let system = c.recv();
+        assert_eq!(system[4]["status"], "error");
+        assert_eq!(
+            system[4]["message"],
+            "Error parsing `filter` params: unknown operator `zz`"
+        );
+
+        // With wait, a refused binding refuses the join; a held reply follows the subscription.
+        let wait = json!({"wait": true, "timeout": 5000});
+        let refused = c.join(
+            "realtime:b",
+            "2",
+            json!({"postgres_changes": bad, "postgres_changes_options": wait}),
+        );
+        assert_eq!(
+            refused[4]["response"]["reason"],
+            "RealtimeDisabledForConfiguration: Error parsing `filter` params: unknown operator `zz`"
+        );
+        let good = json!([{"event":"INSERT","table":"todos"}]);
+        c.send(
+            &json!(["3", "3", "realtime:c", "phx_join",
+            {"config": {"postgres_changes": good, "postgres_changes_options": wait}}])
+            .to_string(),
+        );
+        c.assert_silent();
+        subscribed(&mut c, "realtime:c", Err(SubscribeFailure::Timeout(5000)));
+        assert_eq!(
+            c.recv()[4]["response"]["reason"],
+            "PostgresChangesSubscribeTimeout: Timed out after 5000ms waiting for the postgres_changes subscription"
+        );
+        c.send(
+            &json!(["4", "4", "realtime:c", "phx_join",
+            {"config": {"postgres_changes": good, "postgres_changes_options": wait}}])
+            .to_string(),
+        );
+        c.assert_silent();
+        subscribed(&mut c, "realtime:c", Ok(vec![(7, 1)]));
+        assert_eq!(c.recv()[4]["status"], "ok");
+        assert_eq!(c.recv()[4]["message"], "Subscribed to PostgreSQL");
     }
 
     #[test]

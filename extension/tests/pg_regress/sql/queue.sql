@@ -101,7 +101,7 @@ select realtime._publish('00000000-0000-0000-0000-00000000000a',
 select topic, private, extension, event, payload, binary_payload, msg_id, origin
   from realtime._poll(:'epoch', :head, 100) order by seq;
 select max(seq) as head from realtime.queue \gset
-select realtime._enqueue('t', 'e', '{}'::jsonb, false, null, null, 'postgres_changes');
+select realtime._enqueue('t', 'e', '{}'::jsonb, false, null, null, 'replication');
 select realtime._publish('00000000-0000-0000-0000-00000000000a', '{}', '{}', '{}', '{}', '{}', '{}');
 select count(*) as nothing_published from realtime._poll(:'epoch', :head, 100);
 

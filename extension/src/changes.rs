@@ -1,0 +1,554 @@
+//! Postgres Changes capture: decides, in the writer's transaction, which subscriptions may see
+//! each change, and queues what must be delivered (SQL surface in sql/changes.sql).
+//!
+//! `realtime._capture` is a statement-level AFTER trigger with transition tables: one call per
+//! statement however many rows it touched. Per call:
+//! 1. tables without subscriptions return at once (a backend-local set of subscribed tables,
+//!    reloaded when the shared generation counter moves);
+//! 2. as the bootstrap superuser: candidate subscriptions per row (action, an indexed `eq`
+//!    filter, then every filter, typed through the column type) and the row images;
+//! 3. per distinct (role, claims) group, not per subscription: column privileges, then — in a
+//!    subtransaction, as that role with `request.jwt.claims` set — one primary-key existence
+//!    query over all the group's rows. INSERT/UPDATE are checked against the table after the
+//!    statement (an UPDATE that moves a row out of view is not delivered); DELETE against the
+//!    statement's own snapshot, where the deleted rows still exist (a subscriber only hears of
+//!    the deletion of a row it was allowed to see). A policy that fails hides the row (WARNING)
+//!    and never aborts the writer;
+//! 4. one queue row per (change, sidecar, column view), `extension = 'postgres_changes'`,
+//!    `topic` = the sidecar's id, payload `{"subscriptions": [...], "data": {...}}`. Queue rows
+//!    are written at commit in commit order like every other message; a rolled-back statement
+//!    or savepoint drops them.
+use pgrx::prelude::*;
+use pgrx::{IntoDatum, JsonB, PgTryBuilder};
+use serde_json::{json, Map, Value};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::pending;
+
+static GENERATION: pgrx::PgAtomic<AtomicU64> = unsafe { pgrx::PgAtomic::new(c"pg_realtime_subs_gen") };
+
+thread_local! {
+    /// Subscribed tables as of a generation.
+    static SUBSCRIBED: RefCell<Option<(u64, HashSet<pg_sys::Oid>)>> = const { RefCell::new(None) };
+    /// This transaction changed subscriptions: move the generation again at commit, so that a
+    /// backend that reloaded before the commit became visible reloads once more.
+    static BUMP_AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+pub fn init_shmem() {
+    pgrx::pg_shmem_init!(GENERATION = AtomicU64::new(1));
+}
+
+/// A record over 1 MiB keeps only values up to 64 bytes (Supabase's `Error 413`).
+const MAX_RECORD_BYTES: usize = 1024 * 1024;
+const MAX_KEPT_VALUE_BYTES: usize = 64;
+
+/// `realtime._subscriptions_changed()`: called by _subscribe / _unsubscribe / sidecar removal.
+#[pg_extern(volatile, parallel_unsafe, name = "_subscriptions_changed")]
+fn subscriptions_changed() {
+    GENERATION.get().fetch_add(1, Ordering::AcqRel);
+    BUMP_AT_COMMIT.set(true);
+}
+
+/// Transaction end: a committed subscription change moves the generation once more.
+pub fn on_xact_end(committed: bool) {
+    if BUMP_AT_COMMIT.replace(false) && committed {
+        GENERATION.get().fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+fn has_subscriptions(entity: pg_sys::Oid) -> bool {
+    let generation = GENERATION.get().load(Ordering::Acquire);
+    let cached = SUBSCRIBED.with_borrow(|s| s.as_ref().filter(|(g, _)| *g == generation).map(|(_, set)| set.contains(&entity)));
+    if let Some(known) = cached {
+        return known;
+    }
+    let tables: HashSet<pg_sys::Oid> = as_superuser(|| {
+        Spi::connect(|client| {
+            let rows = client.select("select distinct entity::oid from realtime.subscription", None, &[])?;
+            let mut set = HashSet::new();
+            for row in rows {
+                if let Some(oid) = row.get::<pg_sys::Oid>(1)? {
+                    set.insert(oid);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(set)
+        })
+    })
+    .unwrap_or_default();
+    let known = tables.contains(&entity);
+    SUBSCRIBED.set(Some((generation, tables)));
+    known
+}
+
+/// Runs `f` with the bootstrap superuser as the current user; the caller's identity comes back
+/// afterwards (and on ERROR, transaction or subtransaction abort restores it).
+fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
+    as_user(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), f)
+}
+
+fn as_user<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    unsafe {
+        let (mut uid, mut ctx) = (pg_sys::Oid::INVALID, 0);
+        pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
+        pg_sys::SetUserIdAndSecContext(user, ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        let r = f();
+        pg_sys::SetUserIdAndSecContext(uid, ctx);
+        r
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Insert => "INSERT",
+            Action::Update => "UPDATE",
+            Action::Delete => "DELETE",
+        }
+    }
+}
+
+/// One matched (row, subscription).
+struct Match {
+    ord: i64,
+    subscription: i64,
+    sidecar: String,
+    role: String,
+    claims: String,
+    selected: Option<Vec<String>>,
+}
+
+/// A column of the captured table.
+struct Column {
+    name: String,
+    quoted: String,
+    type_name: String,
+    is_pk: bool,
+}
+
+#[pg_trigger]
+fn _capture<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    let entity = trigger.relid()?;
+    if !has_subscriptions(entity) {
+        return Ok(None);
+    }
+    let action = match trigger.op()? {
+        pgrx::PgTriggerOperation::Insert => Action::Insert,
+        pgrx::PgTriggerOperation::Update => Action::Update,
+        pgrx::PgTriggerOperation::Delete => Action::Delete,
+        pgrx::PgTriggerOperation::Truncate => return Ok(None),
+    };
+    // The statement's snapshot: the rows it deleted are still visible in it.
+    let before = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetActiveSnapshot()) };
+    let data = trigger.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
+    as_superuser(|| route(entity, action, before, data));
+    unsafe { pg_sys::UnregisterSnapshot(before) };
+    Ok(None)
+}
+
+/// Steps 2–4 of the module note, inside the trigger's SPI connection.
+fn route(entity: pg_sys::Oid, action: Action, before: pg_sys::Snapshot, data: *mut pg_sys::TriggerData) {
+    let rows_sql = match action {
+        Action::Insert => "select row_number() over () as ord, to_jsonb(n) as rec, null::jsonb as old from realtime_new n",
+        Action::Update => {
+            "select n.ord, n.rec, o.rec as old
+               from (select row_number() over () as ord, to_jsonb(x) as rec from realtime_new x) n
+               join (select row_number() over () as ord, to_jsonb(x) as rec from realtime_old x) o using (ord)"
+        }
+        Action::Delete => "select row_number() over () as ord, to_jsonb(o) as rec, to_jsonb(o) as old from realtime_old o",
+    };
+    let matches_sql = format!(
+        "with rows as ({rows_sql}),
+              cols as (select distinct eq_column from realtime.subscription
+                        where entity = $1 and eq_column is not null)
+         select r.ord, s.id, s.sidecar::text, s.claims_role::text, s.claims::text, s.selected_columns
+           from rows r
+           cross join lateral (
+                 select * from realtime.subscription s
+                  where s.entity = $1 and s.eq_column is null and s.action_filter in ('*', $2)
+                 union all
+                 select s.* from cols c
+                   join realtime.subscription s
+                     on s.entity = $1 and s.eq_column = c.eq_column and s.eq_value = r.rec -> c.eq_column
+                    and s.action_filter in ('*', $2)) s
+          where realtime._filters_pass($1::regclass, r.rec, s.filters)
+          order by s.claims_role, s.claims, r.ord"
+    );
+    let rows_text_sql = format!("select ord, rec::text, old::text from ({rows_sql}) r");
+    let loaded = Spi::connect_mut(|client| {
+        // The transition tables are visible to queries on this connection only.
+        unsafe { pg_sys::SPI_register_trigger_data(data) };
+        let mut matches = Vec::new();
+        let table = client.update(&matches_sql, None, &[entity.into(), action.name().into()])?;
+        for row in table {
+            matches.push(Match {
+                ord: row.get::<i64>(1)?.unwrap_or_default(),
+                subscription: row.get::<i64>(2)?.unwrap_or_default(),
+                sidecar: row.get::<String>(3)?.unwrap_or_default(),
+                role: row.get::<String>(4)?.unwrap_or_default(),
+                claims: row.get::<String>(5)?.unwrap_or_default(),
+                selected: row.get::<Vec<String>>(6)?,
+            });
+        }
+        let mut rows = BTreeMap::new();
+        if !matches.is_empty() {
+            for row in client.select(&rows_text_sql, None, &[])? {
+                let ord = row.get::<i64>(1)?.unwrap_or_default();
+                rows.insert(ord, (row.get::<String>(2)?.unwrap_or_default(), row.get::<String>(3)?));
+            }
+        }
+        let meta = client.select(
+            "select n.nspname::text, c.relname::text, c.relrowsecurity,
+                    to_char(clock_timestamp() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                    $1::regclass::text
+               from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+              where c.oid = $1",
+            None,
+            &[entity.into()],
+        )?;
+        let meta = meta.first();
+        let meta = (
+            meta.get::<String>(1)?,
+            meta.get::<String>(2)?,
+            meta.get::<bool>(3)?,
+            meta.get::<String>(4)?,
+            meta.get::<String>(5)?,
+        );
+        Ok::<_, pgrx::spi::Error>((matches, rows, meta))
+    });
+    let (matches, rows, meta) = match loaded {
+        Ok(loaded) => loaded,
+        Err(err) => pgrx::error!("pg_realtime: reading subscriptions failed: {err}"),
+    };
+    if matches.is_empty() {
+        return;
+    }
+    let (Some(schema), Some(table), Some(rls), Some(commit_timestamp), Some(entity_sql)) = meta else {
+        return;
+    };
+    let rows: BTreeMap<i64, (Value, Option<Value>)> = rows
+        .into_iter()
+        .map(|(ord, (rec, old))| {
+            let rec = serde_json::from_str(&rec).unwrap_or(Value::Null);
+            (ord, (rec, old.and_then(|o| serde_json::from_str(&o).ok())))
+        })
+        .collect();
+    let change = Change { entity, action, schema, table, commit_timestamp, entity_sql, rls, before };
+    let mut start = 0;
+    while start < matches.len() {
+        let end = matches[start..]
+            .iter()
+            .position(|m| m.role != matches[start].role || m.claims != matches[start].claims)
+            .map_or(matches.len(), |n| start + n);
+        change.deliver_group(&matches[start..end], &rows);
+        start = end;
+    }
+}
+
+struct Change {
+    entity: pg_sys::Oid,
+    action: Action,
+    schema: String,
+    table: String,
+    commit_timestamp: String,
+    /// The table's name as SQL (regclass output: quoted as needed).
+    entity_sql: String,
+    rls: bool,
+    before: pg_sys::Snapshot,
+}
+
+impl Change {
+    /// One (role, claims) group: privileges, the RLS check, then the queue rows.
+    fn deliver_group(&self, group: &[Match], rows: &BTreeMap<i64, (Value, Option<Value>)>) {
+        let first = &group[0];
+        let columns = match self.columns(&first.role) {
+            Ok(columns) => columns,
+            Err(err) => {
+                pgrx::warning!("pg_realtime: columns of {} for role {}: {err}", self.entity_sql, first.role);
+                return;
+            }
+        };
+        let pk: Vec<&Column> = columns.iter().filter(|c| c.is_pk).collect();
+        let error = if pk.is_empty() {
+            Some("Error 400: Bad Request, no primary key")
+        } else if pk.iter().any(|c| c.type_name.is_empty()) {
+            Some("Error 401: Unauthorized")
+        } else {
+            None
+        };
+        let ords: Vec<i64> = {
+            let mut ords: Vec<i64> = group.iter().map(|m| m.ord).collect();
+            ords.dedup();
+            ords
+        };
+        let visible: HashSet<i64> = if error.is_some() {
+            ords.iter().copied().collect()
+        } else if self.rls {
+            self.visible_rows(first, &pk, &ords, rows)
+        } else {
+            ords.iter().copied().collect()
+        };
+        // (ord, sidecar, selected columns) → subscriptions: one queue row each.
+        let mut out: BTreeMap<(i64, &str, Option<&Vec<String>>), Vec<i64>> = BTreeMap::new();
+        for m in group.iter().filter(|m| visible.contains(&m.ord)) {
+            out.entry((m.ord, m.sidecar.as_str(), m.selected.as_ref())).or_default().push(m.subscription);
+        }
+        for ((ord, sidecar, selected), subscriptions) in out {
+            let Some((rec, old)) = rows.get(&ord) else { continue };
+            let data = self.data(&columns, selected, rec, old.as_ref(), error);
+            let payload = json!({ "subscriptions": subscriptions, "data": data });
+            if let Some(datum) = JsonB(payload).into_datum() {
+                pending::push(
+                    sidecar,
+                    "postgres_changes",
+                    datum,
+                    false,
+                    pending::Envelope {
+                        private: false,
+                        msg_id: None,
+                        origin: None,
+                        extension: pending::Extension::PostgresChanges,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Columns in attnum order; `type_name` is empty for a column `role` may not select.
+    fn columns(&self, role: &str) -> Result<Vec<Column>, pgrx::spi::Error> {
+        Spi::connect(|client| {
+            let rows = client.select(
+                "select a.attname::text, quote_ident(a.attname),
+                        case when has_column_privilege($2::text, a.attrelid, a.attnum, 'SELECT')
+                             then t.typname::text else '' end,
+                        coalesce(a.attnum = any(i.indkey::int2[]), false)
+                   from pg_catalog.pg_attribute a
+                   join pg_catalog.pg_type t on t.oid = a.atttypid
+                   left join pg_catalog.pg_index i on i.indrelid = a.attrelid and i.indisprimary
+                  where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
+                  order by a.attnum",
+                None,
+                &[self.entity.into(), role.into()],
+            )?;
+            let mut columns = Vec::new();
+            for row in rows {
+                columns.push(Column {
+                    name: row.get::<String>(1)?.unwrap_or_default(),
+                    quoted: row.get::<String>(2)?.unwrap_or_default(),
+                    type_name: row.get::<String>(3)?.unwrap_or_default(),
+                    is_pk: row.get::<bool>(4)?.unwrap_or_default(),
+                });
+            }
+            Ok(columns)
+        })
+    }
+
+    /// The rows of `ords` that `m`'s role, with `m`'s claims, may see: one query, run as that
+    /// role in a subtransaction. Any error hides the rows.
+    fn visible_rows(
+        &self,
+        m: &Match,
+        pk: &[&Column],
+        ords: &[i64],
+        rows: &BTreeMap<i64, (Value, Option<Value>)>,
+    ) -> HashSet<i64> {
+        let Some(role) = role_oid(&m.role) else { return HashSet::new() };
+        let images: Vec<JsonB> = ords
+            .iter()
+            .map(|ord| {
+                let (rec, old) = &rows[ord];
+                JsonB(if self.action == Action::Delete { old.clone().unwrap_or(Value::Null) } else { rec.clone() })
+            })
+            .collect();
+        let condition = pk
+            .iter()
+            .map(|c| format!("t.{0} = (jsonb_populate_record(null::{1}, r.rec)).{0}", c.quoted, self.entity_sql))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let sql = format!(
+            "select r.ord from unnest($1::int8[], $2::jsonb[]) r(ord, rec)
+              where exists (select 1 from {} t where {condition})",
+            self.entity_sql
+        );
+        let snapshot = if self.action == Action::Delete { self.before } else { std::ptr::null_mut() };
+        let claims: Value = serde_json::from_str(&m.claims).unwrap_or(Value::Null);
+        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let claim_role = claims.get("role").and_then(Value::as_str).unwrap_or_default().to_owned();
+        in_subtransaction(|| {
+            let nest = unsafe { pg_sys::NewGUCNestLevel() };
+            set_local("request.jwt.claims", &m.claims);
+            set_local("request.jwt.claim.sub", &sub);
+            set_local("request.jwt.claim.role", &claim_role);
+            let visible = as_user(role, || query_ords(&sql, ords, images, snapshot));
+            unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+            visible
+        })
+        .unwrap_or_else(|err| {
+            pgrx::warning!(
+                "pg_realtime: the policies of {} failed for role {} ({err}); change not delivered to it",
+                self.entity_sql,
+                m.role
+            );
+            HashSet::new()
+        })
+    }
+
+    fn data(
+        &self,
+        columns: &[Column],
+        selected: Option<&Vec<String>>,
+        rec: &Value,
+        old: Option<&Value>,
+        error: Option<&str>,
+    ) -> Value {
+        let shown: Vec<&Column> = columns
+            .iter()
+            .filter(|c| !c.type_name.is_empty())
+            .filter(|c| c.is_pk || selected.is_none_or(|s| s.contains(&c.name)))
+            .collect();
+        let pick = |image: &Value, only_pk: bool| -> Map<String, Value> {
+            shown
+                .iter()
+                .filter(|c| !only_pk || c.is_pk)
+                .map(|c| (c.name.clone(), image.get(&c.name).cloned().unwrap_or(Value::Null)))
+                .collect()
+        };
+        let mut data = Map::new();
+        data.insert("schema".into(), self.schema.clone().into());
+        data.insert("table".into(), self.table.clone().into());
+        data.insert("commit_timestamp".into(), self.commit_timestamp.clone().into());
+        data.insert("type".into(), self.action.name().into());
+        let cols: Vec<Value> = shown.iter().map(|c| json!({ "name": c.name, "type": c.type_name })).collect();
+        data.insert("columns".into(), cols.into());
+        let mut errors = error.map(|e| vec![Value::from(e)]);
+        if error.is_none() {
+            if self.action != Action::Delete {
+                let mut record = pick(rec, false);
+                if Value::Object(record.clone()).to_string().len() > MAX_RECORD_BYTES {
+                    record.retain(|_, v| v.to_string().len() <= MAX_KEPT_VALUE_BYTES);
+                    errors = Some(vec!["Error 413: Payload Too Large".into()]);
+                }
+                data.insert("record".into(), record.into());
+            }
+            if self.action != Action::Insert {
+                data.insert("old_record".into(), old.map(|o| pick(o, true)).unwrap_or_default().into());
+            }
+        } else {
+            if self.action != Action::Delete {
+                data.insert("record".into(), json!({}));
+            }
+            if self.action != Action::Insert {
+                data.insert("old_record".into(), json!({}));
+            }
+        }
+        data.insert("errors".into(), errors.map_or(Value::Null, Value::from));
+        Value::Object(data)
+    }
+}
+
+fn role_oid(role: &str) -> Option<pg_sys::Oid> {
+    let name = std::ffi::CString::new(role).ok()?;
+    let oid = unsafe { pg_sys::get_role_oid(name.as_ptr(), true) };
+    (oid != pg_sys::Oid::INVALID).then_some(oid)
+}
+
+fn set_local(name: &str, value: &str) {
+    let (Ok(name), Ok(value)) = (std::ffi::CString::new(name), std::ffi::CString::new(value)) else {
+        return;
+    };
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// `sql` over ($1 ords, $2 row images) with `snapshot` (null: a fresh one, taken after the
+/// statement's changes); the ords it returns.
+fn query_ords(sql: &str, ords: &[i64], images: Vec<JsonB>, snapshot: pg_sys::Snapshot) -> HashSet<i64> {
+    let mut visible = HashSet::new();
+    let Ok(sql) = std::ffi::CString::new(sql) else { return visible };
+    unsafe {
+        pg_sys::SPI_connect();
+        let mut types = [pg_sys::INT8ARRAYOID, pg_sys::JSONBARRAYOID];
+        let plan = pg_sys::SPI_prepare(sql.as_ptr(), 2, types.as_mut_ptr());
+        if plan.is_null() {
+            pgrx::error!("pg_realtime: preparing the visibility check failed");
+        }
+        let mut values = [
+            ords.to_vec().into_datum().unwrap_or(pg_sys::Datum::from(0)),
+            images.into_datum().unwrap_or(pg_sys::Datum::from(0)),
+        ];
+        let mut nulls = [b' ' as std::ffi::c_char, b' ' as std::ffi::c_char];
+        let rc = pg_sys::SPI_execute_snapshot(
+            plan,
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+            snapshot,
+            std::ptr::null_mut(),
+            // Without a snapshot: read-write, so that SPI takes a fresh one that sees the
+            // statement's own changes.
+            !snapshot.is_null(),
+            false,
+            0,
+        );
+        if rc == pg_sys::SPI_OK_SELECT as i32 {
+            let table = pg_sys::SPI_tuptable;
+            for i in 0..pg_sys::SPI_processed as usize {
+                let mut isnull = false;
+                let datum = pg_sys::SPI_getbinval(*(*table).vals.add(i), (*table).tupdesc, 1, &mut isnull);
+                if let Some(ord) = i64::from_datum(datum, isnull) {
+                    visible.insert(ord);
+                }
+            }
+        }
+        pg_sys::SPI_freeplan(plan);
+        pg_sys::SPI_finish();
+    }
+    visible
+}
+
+/// Runs `f` in a subtransaction; an ERROR inside rolls it back and yields its message.
+fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
+            .catch_others(|caught| {
+                Err(match caught {
+                    pg_sys::panic::CaughtError::PostgresError(report)
+                    | pg_sys::panic::CaughtError::ErrorReport(report) => report.message().to_owned(),
+                    pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
+                })
+            })
+            .execute();
+        if result.is_ok() {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+        result
+    }
+}
