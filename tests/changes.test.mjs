@@ -43,8 +43,8 @@ after(async () => {
 });
 
 /** A realtime-js channel with postgres_changes bindings; resolves once subscribed to Postgres. */
-async function subscribe(bindings, { token, wait = false, expectError = false } = {}) {
-  const client = stack.client();
+async function subscribe(bindings, { token, wait = false, expectError = false, sidecar = stack } = {}) {
+  const client = sidecar.client();
   if (token) client.setAuth(token);
   const topic = uniq('db');
   const changes = new Inbox(`changes on ${topic}`);
@@ -251,5 +251,34 @@ describe('row-level security: nobody sees what their policy hides', () => {
     await h.changes.waitFor((c) => c.new.id === 22);
     await delay(200);
     assert.deepEqual(h.changes.items.map((c) => c.new.id), [20, 22]);
+  });
+});
+
+describe('subscription lifecycle', () => {
+  const count = async (marker) => {
+    const [{ n }] = await stack.sql('select count(*)::int as n from realtime.subscription where filters::text like $1', [`%${marker}%`]);
+    return n;
+  };
+
+  test('leave removes the subscription; a killed sidecar\'s subscriptions go within 10 s', async () => {
+    const left = uniq('left');
+    const h = await subscribe([{ event: '*', schema: 'public', table: 'todos', filter: `owner=eq.${left}` }]);
+    assert.equal(await count(left), 1);
+    await h.ch.unsubscribe();
+    // The channel stops receiving at once; its row is swept by the next heartbeats.
+    await stack.sql('insert into todos (id, owner) values (900, $1)', [left]);
+    await delay(300);
+    assert.equal(h.changes.items.length, 0);
+
+    const extra = await stack.startExtraSidecar();
+    const gone = uniq('gone');
+    await subscribe([{ event: '*', schema: 'public', table: 'todos', filter: `owner=eq.${gone}` }], { sidecar: extra });
+    assert.equal(await count(gone), 1);
+    extra.child.kill('SIGKILL');
+    const t0 = Date.now();
+    while ((await count(gone)) > 0) {
+      assert.ok(Date.now() - t0 < 10000, 'subscriptions of a dead sidecar removed within 10 s');
+      await delay(200);
+    }
   });
 });
