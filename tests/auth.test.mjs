@@ -4,7 +4,7 @@
 // message their policy hides.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startStack, join, uniq, delay } from './lib/harness.mjs';
+import { startStack, join, uniq, delay, roomPoliciesSql } from './lib/harness.mjs';
 import { RawSocket } from './lib/raw.mjs';
 import { eventually } from './lib/util.mjs';
 import { makeKeys } from './lib/jwks.mjs';
@@ -25,19 +25,8 @@ before(async () => {
     name: 'auth',
     sidecarEnv: { JWT_JWKS: keys.jwks, POLICY_RECHECK_SECS: String(RECHECK_SECS) },
   });
+  await stack.sql(roomPoliciesSql('room_members', { readExtensions: ['broadcast', 'presence'] }));
   await stack.sql(`
-    create table public.room_members (room text not null, user_id text not null, can_write boolean not null default false);
-    grant select on public.room_members to authenticated;
-    create policy "members receive" on realtime.messages for select to authenticated
-      using (realtime.messages.extension in ('broadcast', 'presence') and exists (
-        select 1 from public.room_members m
-         where m.room = realtime.topic()
-           and m.user_id = current_setting('request.jwt.claims', true)::jsonb ->> 'sub'));
-    create policy "writers send" on realtime.messages for insert to authenticated
-      with check (realtime.messages.extension = 'broadcast' and exists (
-        select 1 from public.room_members m
-         where m.room = realtime.topic() and m.can_write
-           and m.user_id = current_setting('request.jwt.claim.sub', true)));
     create policy "lobby presence" on realtime.messages for select to authenticated
       using (realtime.topic() like 'lobby-%' and realtime.messages.extension = 'presence');
   `);

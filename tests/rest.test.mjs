@@ -5,7 +5,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { startStack, join, barrier, uniq } from './lib/harness.mjs';
+import { startStack, join, barrier, uniq, roomPoliciesSql } from './lib/harness.mjs';
 
 const MAX_FRAME_BYTES = 100000;
 const UNSUPPORTED = 'Unsupported Media Type. Use application/json or application/octet-stream';
@@ -19,20 +19,7 @@ const events = (h) => h.inbox.items.map((m) => m.event);
 
 before(async () => {
   stack = await startStack({ name: 'rest', sidecarEnv: { MAX_FRAME_BYTES: String(MAX_FRAME_BYTES) } });
-  await stack.sql(`
-    create table public.rest_members (room text not null, user_id text not null, can_write boolean not null default false);
-    grant select on public.rest_members to authenticated;
-    create policy "rest members receive" on realtime.messages for select to authenticated
-      using (realtime.messages.extension = 'broadcast' and exists (
-        select 1 from public.rest_members m
-         where m.room = realtime.topic()
-           and m.user_id = current_setting('request.jwt.claims', true)::jsonb ->> 'sub'));
-    create policy "rest writers send" on realtime.messages for insert to authenticated
-      with check (realtime.messages.extension = 'broadcast' and exists (
-        select 1 from public.rest_members m
-         where m.room = realtime.topic() and m.can_write
-           and m.user_id = current_setting('request.jwt.claim.sub', true)));
-  `);
+  await stack.sql(roomPoliciesSql('rest_members'));
 });
 after(async () => {
   await stack?.stop();

@@ -1276,6 +1276,13 @@ mod tests {
             self.session.on_timer(Instant::now());
         }
 
+        /// A private join granted `permissions`, its reply consumed.
+        fn joined_private(&mut self, topic: &str, permissions: Permissions) {
+            self.private_join(topic, "1", json!({}));
+            self.verdict(topic, Ok(permissions));
+            assert_eq!(self.recv()[4]["status"], "ok");
+        }
+
         fn private_join(&mut self, topic: &str, join_ref: &str, config: Value) {
             let mut config = config;
             config["private"] = json!(true);
@@ -1394,9 +1401,7 @@ mod tests {
     fn refresh_reevaluates_and_revocation_closes() {
         let state = state();
         let mut c = Client::new(&state);
-        c.private_join("realtime:r", "1", json!({}));
-        c.verdict("realtime:r", Ok(READ_ONLY));
-        c.recv();
+        c.joined_private("realtime:r", READ_ONLY);
         let refresh = |n: u8| {
             let t = token(&json!({"role":"authenticated","sub": n,"exp": unix_now() + 60}));
             json!(["1", null, "realtime:r", "access_token", {"access_token": t}]).to_string()
@@ -1450,9 +1455,7 @@ mod tests {
     fn periodic_recheck_survives_a_database_outage_but_not_a_revocation() {
         let state = state();
         let mut c = Client::new(&state);
-        c.private_join("realtime:p", "1", json!({}));
-        c.verdict("realtime:p", Ok(READ_ONLY));
-        c.recv();
+        c.joined_private("realtime:p", READ_ONLY);
         let due = c
             .session
             .channels
@@ -1616,9 +1619,7 @@ mod tests {
     fn private_presence_needs_write_permission() {
         let state = state();
         let mut c = Client::new(&state);
-        c.private_join("realtime:r", "1", json!({}));
-        c.verdict("realtime:r", Ok(READ_ONLY));
-        c.recv();
+        c.joined_private("realtime:r", READ_ONLY);
         track(&mut c, "realtime:r", "2", json!({}));
         assert_eq!(c.recv()[4], json!({"status":"error","response":{}}));
     }

@@ -459,6 +459,28 @@ export class Stack {
   }
 }
 
+/**
+ * SQL for a Supabase-style room membership on private channels: table `public.<table>` (room,
+ * user_id, can_write); members may read `readExtensions` of their room (SELECT policy), members
+ * with can_write may send broadcasts (INSERT policy). Policies are keyed by the JWT `sub`.
+ */
+export function roomPoliciesSql(table, { readExtensions = ['broadcast'] } = {}) {
+  const extensions = readExtensions.map((e) => `'${e}'`).join(', ');
+  return `
+    create table public.${table} (room text not null, user_id text not null, can_write boolean not null default false);
+    grant select on public.${table} to authenticated;
+    create policy "${table} receive" on realtime.messages for select to authenticated
+      using (realtime.messages.extension in (${extensions}) and exists (
+        select 1 from public.${table} m
+         where m.room = realtime.topic()
+           and m.user_id = current_setting('request.jwt.claims', true)::jsonb ->> 'sub'));
+    create policy "${table} send" on realtime.messages for insert to authenticated
+      with check (realtime.messages.extension = 'broadcast' and exists (
+        select 1 from public.${table} m
+         where m.room = realtime.topic() and m.can_write
+           and m.user_id = current_setting('request.jwt.claim.sub', true)));`;
+}
+
 export async function startStack(opts = {}) {
   const s = new Stack(opts);
   try {
