@@ -32,6 +32,10 @@ static GENERATION: pgrx::PgAtomic<AtomicU64> = unsafe { pgrx::PgAtomic::new(c"pg
 thread_local! {
     /// Subscribed tables as of a generation.
     static SUBSCRIBED: RefCell<Option<(u64, HashSet<pg_sys::Oid>)>> = const { RefCell::new(None) };
+    /// Visibility-check plans by SQL text (one per table), kept for the backend's life; the plan
+    /// cache revalidates them after DDL and replans when the checking role changes.
+    static PLANS: RefCell<std::collections::HashMap<String, pg_sys::SPIPlanPtr>> =
+        RefCell::new(std::collections::HashMap::new());
     /// This transaction changed subscriptions: move the generation again at commit, so that a
     /// backend that reloaded before the commit became visible reloads once more.
     static BUMP_AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -152,8 +156,15 @@ fn _capture<'a>(
     // The statement's snapshot: the rows it deleted are still visible in it.
     let before = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetActiveSnapshot()) };
     let data = trigger.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
+    // A fixed search path (pg_catalog implicitly first): the writer's session cannot slip its
+    // own functions or operators into the checks, and policies resolve names as by default.
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    set_local("search_path", "\"$user\", public");
     as_superuser(|| route(entity, action, before, data));
-    unsafe { pg_sys::UnregisterSnapshot(before) };
+    unsafe {
+        pg_sys::AtEOXact_GUC(true, nest);
+        pg_sys::UnregisterSnapshot(before);
+    }
     Ok(None)
 }
 
@@ -182,7 +193,7 @@ fn route(entity: pg_sys::Oid, action: Action, before: pg_sys::Snapshot, data: *m
                    join realtime.subscription s
                      on s.entity = $1 and s.eq_column = c.eq_column and s.eq_value = r.rec -> c.eq_column
                     and s.action_filter in ('*', $2)) s
-          where realtime._filters_pass($1::regclass, r.rec, s.filters)
+          where s.filters = '[]' or realtime._filters_pass($1::regclass, r.rec, s.filters)
           order by s.claims_role, s.claims, r.ord"
     );
     let rows_text_sql = format!("select ord, rec::text, old::text from ({rows_sql}) r");
@@ -244,7 +255,17 @@ fn route(entity: pg_sys::Oid, action: Action, before: pg_sys::Snapshot, data: *m
             (ord, (rec, old.and_then(|o| serde_json::from_str(&o).ok())))
         })
         .collect();
-    let change = Change { entity, action, schema, table, commit_timestamp, entity_sql, rls, before };
+    let change = Change {
+        entity,
+        action,
+        schema,
+        table,
+        commit_timestamp,
+        entity_sql,
+        rls,
+        before,
+        columns: RefCell::default(),
+    };
     let mut start = 0;
     while start < matches.len() {
         let end = matches[start..]
@@ -266,13 +287,15 @@ struct Change {
     entity_sql: String,
     rls: bool,
     before: pg_sys::Snapshot,
+    /// Columns as each role sees them, loaded once per role per statement.
+    columns: RefCell<std::collections::HashMap<String, std::rc::Rc<Vec<Column>>>>,
 }
 
 impl Change {
     /// One (role, claims) group: privileges, the RLS check, then the queue rows.
     fn deliver_group(&self, group: &[Match], rows: &BTreeMap<i64, (Value, Option<Value>)>) {
         let first = &group[0];
-        let columns = match self.columns(&first.role) {
+        let columns = match self.columns_for(&first.role) {
             Ok(columns) => columns,
             Err(err) => {
                 pgrx::warning!("pg_realtime: columns of {} for role {}: {err}", self.entity_sql, first.role);
@@ -323,6 +346,15 @@ impl Change {
                 );
             }
         }
+    }
+
+    fn columns_for(&self, role: &str) -> Result<std::rc::Rc<Vec<Column>>, pgrx::spi::Error> {
+        if let Some(columns) = self.columns.borrow().get(role) {
+            return Ok(columns.clone());
+        }
+        let columns = std::rc::Rc::new(self.columns(role)?);
+        self.columns.borrow_mut().insert(role.to_owned(), columns.clone());
+        Ok(columns)
     }
 
     /// Columns in attnum order; `type_name` is empty for a column `role` may not select.
@@ -485,14 +517,24 @@ fn set_local(name: &str, value: &str) {
 /// statement's changes); the ords it returns.
 fn query_ords(sql: &str, ords: &[i64], images: Vec<JsonB>, snapshot: pg_sys::Snapshot) -> HashSet<i64> {
     let mut visible = HashSet::new();
-    let Ok(sql) = std::ffi::CString::new(sql) else { return visible };
     unsafe {
         pg_sys::SPI_connect();
-        let mut types = [pg_sys::INT8ARRAYOID, pg_sys::JSONBARRAYOID];
-        let plan = pg_sys::SPI_prepare(sql.as_ptr(), 2, types.as_mut_ptr());
-        if plan.is_null() {
-            pgrx::error!("pg_realtime: preparing the visibility check failed");
-        }
+        let plan = match PLANS.with_borrow(|plans| plans.get(sql).copied()) {
+            Some(plan) => plan,
+            None => {
+                let Ok(text) = std::ffi::CString::new(sql) else {
+                    pg_sys::SPI_finish();
+                    return visible;
+                };
+                let mut types = [pg_sys::INT8ARRAYOID, pg_sys::JSONBARRAYOID];
+                let plan = pg_sys::SPI_prepare(text.as_ptr(), 2, types.as_mut_ptr());
+                if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+                    pgrx::error!("pg_realtime: preparing the visibility check failed");
+                }
+                PLANS.with_borrow_mut(|plans| plans.insert(sql.to_owned(), plan));
+                plan
+            }
+        };
         let mut values = [
             ords.to_vec().into_datum().unwrap_or(pg_sys::Datum::from(0)),
             images.into_datum().unwrap_or(pg_sys::Datum::from(0)),
@@ -520,7 +562,6 @@ fn query_ords(sql: &str, ords: &[i64], images: Vec<JsonB>, snapshot: pg_sys::Sna
                 }
             }
         }
-        pg_sys::SPI_freeplan(plan);
         pg_sys::SPI_finish();
     }
     visible

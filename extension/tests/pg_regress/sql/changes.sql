@@ -61,6 +61,23 @@ select topic, payload::jsonb -> 'subscriptions' as subs, payload::jsonb #>> '{da
        jsonb_path_query_array(payload::jsonb, '$.data.columns[*].name') as columns
   from realtime._poll(:'epoch', :head, 100) where extension = 'postgres_changes' order by seq;
 
+-- the writer's search_path cannot slip functions into the checks: a jsonb_populate_record
+-- that would make bob's new row look like alice's row 7 is never called
+select max(seq) as head from realtime.queue \gset
+insert into todos values (7, 'alice', 'seven', '');
+select max(seq) as head from realtime.queue \gset
+create schema evil;
+grant usage on schema evil to public;
+create function evil.jsonb_populate_record(base anyelement, j jsonb) returns anyelement
+  language plpgsql as $$ begin return pg_catalog.jsonb_populate_record(base, '{"id": 7}'); end $$;
+set search_path = evil, pg_catalog, public;
+insert into todos values (8, 'bob', 'not for alice', '');
+reset search_path;
+select payload::jsonb -> 'subscriptions' as subs, payload::jsonb #> '{data,record,id}' as id
+  from realtime._poll(:'epoch', :head, 100) where extension = 'postgres_changes' order by seq;
+drop schema evil cascade;
+delete from todos where id in (7, 8);
+
 -- a failing policy hides the change (WARNING) and never aborts the writer
 create policy broken on todos for select to authenticated using (1 / (id - id) = 1);
 insert into todos values (7, 'alice', 'still written', '');
