@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark suite (`make bench`): builds the load generator and the sidecar, starts a throwaway
-# PostgreSQL cluster plus the pg_realtime sidecar and a minimal LISTEN/NOTIFY relay (baseline) on
-# loopback, runs
+# PostgreSQL cluster plus the pg_realtime sidecar and a minimal relay (baseline: LISTEN/NOTIFY and
+# in-process room fan-out of client broadcasts, tokio-tungstenite) on loopback, runs
+#   0. memory: server RSS per idle joined connection at 10,000 connections, sidecar vs relay (first,
+#      while both processes are fresh);
 #   1. SQL broadcast fan-out to 1 topic x 1,000 subscribers: max throughput (p99 <= 100 ms, no
 #      loss) and latency at 10k deliveries/s, sidecar vs relay;
 #   3. idle wake-up latency (single broadcasts 50 ms apart), sidecar vs relay;
+#   5. client broadcast round trip: 1,000 clients in rooms of 10, 2 msgs/s each, sidecar vs relay;
+#   6. client broadcast fan-out to 1 room x 1,000 subscribers: max throughput, sidecar vs relay;
 #   2. writer throughput with pgbench (INSERT vs INSERT + realtime.broadcast vs INSERT + pg_notify),
 #   4. private-channel joins/s with an RLS membership policy evaluated on each join, vs public joins,
 # writes bench/report/report.json and bench/report/report.md, and tears everything down.
@@ -12,13 +16,17 @@
 # non-zero when the run itself failed (build, start-up, a crashed component, a benchmark error).
 #
 # Knobs (environment): BENCH_PG_PORT, BENCH_SIDECAR_PORT, BENCH_RELAY_PORT (first port tried),
-# BENCH_SUBSCRIBERS (1000), BENCH_QUICK=1 (a short smoke run: 200 subscribers, short steps).
+# BENCH_SUBSCRIBERS (1000), BENCH_QUICK=1 (a short smoke run: 200 subscribers, 2,000 idle
+# connections, short steps).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 SUBS=${BENCH_SUBSCRIBERS:-1000}
 QUICK=${BENCH_QUICK:-0}
+# The load generator holds this many client sockets at once (the servers as many each).
+MEM_CONNS=10000
+[ "$QUICK" = 1 ] && MEM_CONNS=2000
 REPORT="$ROOT/bench/report"
 RAW="$REPORT/raw"
 BIN="$ROOT/target/release"
@@ -52,6 +60,7 @@ cargo build --release -p pg-realtime-bench -p pg-realtime-sidecar >&2 || die "ca
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" -ge $((SUBS + 200)) ] || die "ulimit -n $(ulimit -n) is too low for $SUBS subscribers"
+[ "$(ulimit -n)" -ge $((MEM_CONNS + 200)) ] || die "ulimit -n $(ulimit -n) is too low for $MEM_CONNS connections"
 
 WORK=$(mktemp -d /tmp/pg_realtime_bench.XXXXXX)
 chmod 755 "$WORK" # the postgres user must reach $WORK/pg
@@ -97,7 +106,7 @@ wait_port "$SIDECAR_PORT" 30 "$SIDECAR_PID" || { tail -n 30 "$WORK/sidecar.log" 
 
 log "starting the LISTEN relay (baseline) on 127.0.0.1:$RELAY_PORT"
 "$BIN/pg-realtime-bench" relay --listen "127.0.0.1:$RELAY_PORT" --dsn "$DSN" --channel bench \
-  --topic realtime:bench --event m --max-secs 1200 >"$WORK/relay.log" 2>&1 &
+  --topic realtime:bench --event m --max-secs 3600 >"$WORK/relay.log" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
 wait_port "$RELAY_PORT" 30 "$RELAY_PID" || { tail -n 30 "$WORK/relay.log" >&2; die "relay did not start"; }
@@ -112,7 +121,7 @@ cat >"$RAW/meta.json" <<JSON
   "postgres": "$("$PGBIN/postgres" --version)",
   "quick": $([ "$QUICK" = 1 ] && echo true || echo false),
   "sidecar": "target/release/pg-realtime-sidecar with default settings",
-  "relay": "pg-realtime-bench relay: one LISTEN connection, frame serialized once, tokio-tungstenite, 4 KiB buffers"
+  "relay": "pg-realtime-bench relay: one LISTEN connection, client broadcasts relayed in-process to the other room members, frame serialized once, tokio-tungstenite, 4 KiB buffers"
 }
 JSON
 
@@ -121,24 +130,54 @@ if [ "$QUICK" = 1 ]; then
   FAN_ARGS=(--subscribers "$SUBS" --idle-count 20 --latency-secs 3 --step-secs 2 --max-steps 6 --search-budget-s 60)
   WRITER_ARGS=(--seconds 3 --rounds 1)
   JOIN_ARGS=(--step-secs 2 --rounds 2)
+  MEM_ARGS=(--rooms 200 --idle-secs 2 --rounds 1)
+  RT_ARGS=(--clients 200 --step-secs 2 --rounds 1 --warmup-secs 1)
+  PUSH_ARGS=(--subscribers "$SUBS" --step-secs 2 --max-steps 6 --search-budget-s 60)
 else
   FAN_ARGS=(--subscribers "$SUBS" --idle-count 100 --idle-interval-ms 50 --latency-rate 10 --latency-secs 10
     --step-secs 3 --start-rate 100 --p99-ms 100 --max-steps 14 --search-budget-s 200)
   WRITER_ARGS=(--seconds 6 --rounds 2 --clients 16 --threads 2)
   JOIN_ARGS=(--step-secs 5 --rounds 3)
+  MEM_ARGS=(--rooms 1000 --idle-secs 5 --rounds 2)
+  RT_ARGS=(--clients 1000 --room-size 10 --rate 2 --step-secs 5 --rounds 2 --warmup-secs 2)
+  PUSH_ARGS=(--subscribers "$SUBS" --step-secs 3 --start-rate 100 --p99-ms 100 --max-steps 14 --search-budget-s 200)
 fi
 
 FAILED=0
 alive() { kill -0 "$SIDECAR_PID" 2>/dev/null || { log "the sidecar died"; tail -n 30 "$WORK/sidecar.log" >&2; FAILED=1; }
           kill -0 "$RELAY_PID" 2>/dev/null || { log "the relay died"; FAILED=1; }; }
 
+RELAY_WS="ws://127.0.0.1:$RELAY_PORT/realtime/v1/websocket"
+SIDECAR_WS="ws://127.0.0.1:$SIDECAR_PORT/realtime/v1/websocket"
+SUBJECTS=(--relay-ws "$RELAY_WS" --relay-pid "$RELAY_PID" --sidecar-ws "$SIDECAR_WS" --sidecar-pid "$SIDECAR_PID"
+  --jwt-secret "$SECRET")
+
+log "memory: $MEM_CONNS idle joined connections, relay (baseline) and sidecar, alternating"
+"$BIN/pg-realtime-bench" memory "${SUBJECTS[@]}" --connections "$MEM_CONNS" --sources 8 \
+  --out "$RAW/memory.json" "${MEM_ARGS[@]}" || { log "memory run failed"; FAILED=1; }
+alive
+
 log "fan-out: LISTEN relay (baseline) and pg_realtime sidecar, interleaved"
 "$BIN/pg-realtime-bench" fanout --dsn "$DSN" --jwt-secret "$SECRET" \
   --target relay --mode notify --server-pid "$RELAY_PID" --out "$RAW/fanout-relay.json" \
-  --ws "ws://127.0.0.1:$RELAY_PORT/realtime/v1/websocket" \
+  --ws "$RELAY_WS" \
   --target2 sidecar --mode2 broadcast --server-pid2 "$SIDECAR_PID" --out2 "$RAW/fanout-sidecar.json" \
-  --ws2 "ws://127.0.0.1:$SIDECAR_PORT/realtime/v1/websocket" \
+  --ws2 "$SIDECAR_WS" \
   "${FAN_ARGS[@]}" || { log "fan-out run failed"; FAILED=1; }
+alive
+
+log "client broadcast round trip in rooms: relay (baseline) and sidecar, alternating"
+"$BIN/pg-realtime-bench" roundtrip "${SUBJECTS[@]}" --dsn "$DSN" --out "$RAW/roundtrip.json" "${RT_ARGS[@]}" ||
+  { log "round-trip run failed"; FAILED=1; }
+alive
+
+log "client broadcast fan-out: relay (baseline) and sidecar, interleaved"
+# One sender: with self:false it receives nothing, so an overloaded server never closes it as slow.
+"$BIN/pg-realtime-bench" fanout --dsn "$DSN" --jwt-secret "$SECRET" --sub-topic pushbench --producers 1 \
+  --idle-count 0 --latency-secs 0 \
+  --target relay --mode client --server-pid "$RELAY_PID" --out "$RAW/fanout-push-relay.json" --ws "$RELAY_WS" \
+  --target2 sidecar --mode2 client --server-pid2 "$SIDECAR_PID" --out2 "$RAW/fanout-push-sidecar.json" \
+  --ws2 "$SIDECAR_WS" "${PUSH_ARGS[@]}" || { log "client broadcast fan-out run failed"; FAILED=1; }
 alive
 
 log "writers: pgbench (sidecar connected and draining)"
@@ -147,7 +186,7 @@ log "writers: pgbench (sidecar connected and draining)"
 alive
 
 log "joins: private (RLS policy per join) vs public, alternating"
-"$BIN/pg-realtime-bench" joins --ws "ws://127.0.0.1:$SIDECAR_PORT/realtime/v1/websocket" --dsn "$DSN" \
+"$BIN/pg-realtime-bench" joins --ws "$SIDECAR_WS" --dsn "$DSN" \
   --jwt-secret "$SECRET" --sidecar-pid "$SIDECAR_PID" --out "$RAW/joins.json" \
   --connections 50 --rooms 100 "${JOIN_ARGS[@]}" || { log "join run failed"; FAILED=1; }
 alive

@@ -1,5 +1,61 @@
-//! Supabase Realtime v2 binary "user broadcast" frames (kind 4, PROTOCOL.md §1.7) and the tiny
-//! payload scanner the load generator uses to read the producer's `t`/`n`/`s` fields.
+//! Supabase Realtime v2 binary user broadcast frames (PROTOCOL.md §1.7): kind 3, what a client
+//! pushes, and kind 4, what subscribers receive; and the tiny payload scanner the load generator
+//! uses to read the producer's `t`/`n`/`s` fields.
+
+/// `03 join_ref_len ref_len topic_len event_len meta_len enc | join_ref | ref | topic | event |
+/// meta | payload`, JSON-encoded, no metadata.
+pub fn encode_kind3(
+    join_ref: &str,
+    msg_ref: &str,
+    topic: &str,
+    event: &str,
+    json_payload: &[u8],
+) -> Vec<u8> {
+    let fields = [join_ref, msg_ref, topic, event];
+    assert!(fields.iter().all(|f| f.len() <= 255));
+    let mut f =
+        Vec::with_capacity(7 + fields.iter().map(|x| x.len()).sum::<usize>() + json_payload.len());
+    f.push(3);
+    f.extend(fields.iter().map(|x| x.len() as u8));
+    f.extend_from_slice(&[0, 1]);
+    for x in fields {
+        f.extend_from_slice(x.as_bytes());
+    }
+    f.extend_from_slice(json_payload);
+    f
+}
+
+/// The parts of a kind-3 push the relay forwards (borrowed).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Kind3<'a> {
+    pub topic: &'a [u8],
+    pub event: &'a [u8],
+    pub meta: &'a [u8],
+    pub encoding: u8,
+    pub payload: &'a [u8],
+}
+
+pub fn decode_kind3(b: &[u8]) -> Option<Kind3<'_>> {
+    if b.len() < 7 || b[0] != 3 {
+        return None;
+    }
+    let lens: Vec<usize> = b[1..6].iter().map(|&l| l as usize).collect();
+    let mut at = 7;
+    let mut next = |len: usize| {
+        let r = b.get(at..at + len);
+        at += len;
+        r
+    };
+    let (_join_ref, _ref) = (next(lens[0])?, next(lens[1])?);
+    let (topic, event, meta) = (next(lens[2])?, next(lens[3])?, next(lens[4])?);
+    Some(Kind3 {
+        topic,
+        event,
+        meta,
+        encoding: b[6],
+        payload: &b[at..],
+    })
+}
 
 /// `04 topic_len event_len meta_len enc | topic | event | meta | payload`.
 pub fn encode_kind4(topic: &str, event: &str, meta: &[u8], json_payload: &[u8]) -> Vec<u8> {
@@ -109,6 +165,27 @@ mod tests {
         assert_eq!(d.meta, b"");
         assert_eq!(d.encoding, 1);
         assert_eq!(d.payload, br#"{"x":1}"#);
+    }
+
+    #[test]
+    fn kind3_layout_and_roundtrip() {
+        let f = encode_kind3("1", "22", "realtime:r", "m", br#"{"t":1}"#);
+        let mut want = vec![3u8, 1, 2, 10, 1, 0, 1];
+        want.extend_from_slice(b"122realtime:rm{\"t\":1}");
+        assert_eq!(f, want);
+        let d = decode_kind3(&f).unwrap();
+        assert_eq!(
+            d,
+            Kind3 {
+                topic: b"realtime:r",
+                event: b"m",
+                meta: b"",
+                encoding: 1,
+                payload: br#"{"t":1}"#
+            }
+        );
+        assert!(decode_kind3(&f[..12]).is_none());
+        assert!(decode_kind3(&encode_kind4("t", "e", b"", b"{}")).is_none());
     }
 
     #[test]

@@ -6,9 +6,7 @@
 //! database work. Steps alternate public/private, the order flipping every round, so background
 //! load on the shared machine hits both alike. Every wait is bounded.
 use crate::jwt;
-use crate::loadgen::{
-    client_ws_config, join_message, proc_cpu_secs, proc_parent, proc_tree_cpu_secs,
-};
+use crate::loadgen::{client_ws_config, delta, join_message, proc_parent, Cpu};
 use crate::stats::{summarize, Summary};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -60,28 +58,6 @@ fn setup_sql(rooms: usize, users: usize) -> String {
          grant select on bench_members to authenticated;
          {POLICY_SQL};"
     )
-}
-
-/// CPU seconds used so far by the sidecar, the whole Postgres cluster and this load generator.
-#[derive(Clone, Copy)]
-struct Cpu {
-    sidecar: Option<f64>,
-    postgres: Option<f64>,
-    loadgen: Option<f64>,
-}
-
-impl Cpu {
-    fn now(sidecar_pid: Option<u32>, postmaster_pid: Option<u32>) -> Cpu {
-        Cpu {
-            sidecar: sidecar_pid.and_then(proc_cpu_secs),
-            postgres: postmaster_pid.and_then(proc_tree_cpu_secs),
-            loadgen: proc_cpu_secs(std::process::id()),
-        }
-    }
-}
-
-fn delta(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    Some(b? - a?)
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -310,7 +286,7 @@ async fn step(
     let cpu1 = Cpu::now(o.sidecar_pid, postmaster);
     r.joins_per_s = r.joins as f64 / r.elapsed_s;
     r.latency = summarize(samples.clone());
-    r.sidecar_cpu_s = delta(cpu0.sidecar, cpu1.sidecar);
+    r.sidecar_cpu_s = delta(cpu0.server, cpu1.server);
     r.postgres_cpu_s = delta(cpu0.postgres, cpu1.postgres);
     r.loadgen_cpu_s = delta(cpu0.loadgen, cpu1.loadgen);
     (r, samples)

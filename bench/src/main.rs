@@ -1,12 +1,19 @@
 //! pg-realtime-bench: the pieces of `scripts/bench.sh`.
 //!
 //!   relay   --listen 127.0.0.1:P --dsn DSN [--channel bench --topic realtime:bench --event m --max-secs 1800]
-//!   fanout  --target NAME --ws ws://127.0.0.1:P/realtime/v1/websocket --mode broadcast|notify --out FILE
+//!   fanout  --target NAME --ws ws://127.0.0.1:P/realtime/v1/websocket --mode broadcast|notify|client --out FILE
 //!           [--server-pid PID] [--target2 NAME --ws2 URL --mode2 MODE --out2 FILE --server-pid2 PID] --dsn DSN
 //!           [--jwt-secret S --role anon --subscribers 1000 --producers 4
 //!            --idle-count 100 --idle-interval-ms 50 --latency-rate 10 --latency-secs 10
 //!            --step-secs 3 --start-rate 100 --max-rate 12800 --p99-ms 100 --max-steps 14 --search-budget-s 240]
-//!           (several targets are measured interleaved: idle A, B; latency A, B; search steps A, B, A, ...)
+//!           (several targets are measured interleaved: idle A, B; latency A, B; search steps A, B, A, ...;
+//!            --idle-count 0 / --latency-secs 0 skip those; mode client: --producers clients push kind-3 frames)
+//!   roundtrip --relay-ws URL --sidecar-ws URL --dsn DSN --out FILE [--relay-pid PID --sidecar-pid PID
+//!           --jwt-secret S --clients 1000 --room-size 10 --rate 2 --step-secs 5 --rounds 2 --warmup-secs 2 --threads 2]
+//!           (client broadcasts within rooms, every client sending and receiving; subjects alternate)
+//!   memory  --relay-ws URL --sidecar-ws URL --out FILE [--relay-pid PID --sidecar-pid PID --jwt-secret S
+//!           --connections 10000 --rooms 1000 --sources 8 --idle-secs 5 --rounds 2]
+//!           (server RSS per idle joined connection; clients bound to 127.0.0.2 .. 127.0.0.(1 + sources))
 //!   writers --host H --port P --pgbench PATH --scripts DIR --out FILE
 //!           [--user postgres --db postgres --seconds 8 --rounds 2 --clients 16 --threads 2 --settle-ms 1500]
 //!   joins   --ws ws://127.0.0.1:P/realtime/v1/websocket --dsn DSN --jwt-secret S --out FILE
@@ -17,12 +24,15 @@ mod frame;
 mod joins;
 mod jwt;
 mod loadgen;
+mod memory;
 mod relay;
 mod report;
+mod roundtrip;
 mod stats;
 mod writers;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 struct Args(HashMap<String, String>);
@@ -55,22 +65,52 @@ impl Args {
     fn str(&self, k: &str, d: &str) -> String {
         self.0.get(k).cloned().unwrap_or_else(|| d.to_string())
     }
+    fn pid(&self, k: &str) -> Option<u32> {
+        self.0.get(k).and_then(|p| p.parse().ok())
+    }
+    /// `url` with the connection parameters (an anon API key when --jwt-secret is given).
+    fn ws_url(&self, url: String) -> String {
+        match self.0.get("jwt-secret") {
+            Some(secret) => {
+                let token = jwt::hs256(secret, &self.str("role", "anon"), 3600, &[]);
+                format!("{url}?apikey={token}&vsn=2.0.0")
+            }
+            None => url,
+        }
+    }
+    /// The relay (baseline) and the sidecar, in that order.
+    fn subjects(&self) -> Result<Vec<loadgen::Subject>, String> {
+        ["relay", "sidecar"]
+            .into_iter()
+            .map(|name| {
+                Ok(loadgen::Subject {
+                    name: name.into(),
+                    url: self.ws_url(self.req(&format!("{name}-ws"))?),
+                    pid: self.pid(&format!("{name}-pid")),
+                })
+            })
+            .collect()
+    }
+}
+
+fn write_json<T: serde::Serialize>(out: &str, v: &T) -> Result<(), String> {
+    std::fs::write(out, serde_json::to_string_pretty(v).unwrap()).map_err(|e| format!("{out}: {e}"))
 }
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     let code = match argv.get(1).map(|s| s.as_str()) {
-        Some(cmd @ ("relay" | "fanout" | "writers" | "joins" | "report")) => {
-            match Args::parse(&argv[2..]).and_then(|a| run(cmd, a)) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("pg-realtime-bench {cmd}: {e}");
-                    1
-                }
+        Some(
+            cmd @ ("relay" | "fanout" | "roundtrip" | "memory" | "writers" | "joins" | "report"),
+        ) => match Args::parse(&argv[2..]).and_then(|a| run(cmd, a)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("pg-realtime-bench {cmd}: {e}");
+                1
             }
-        }
+        },
         _ => {
-            eprintln!("usage: pg-realtime-bench relay|fanout|writers|joins|report --key value ... (see src/main.rs)");
+            eprintln!("usage: pg-realtime-bench relay|fanout|roundtrip|memory|writers|joins|report --key value ... (see src/main.rs)");
             2
         }
     };
@@ -110,19 +150,11 @@ fn run(cmd: &str, a: Args) -> Result<i32, String> {
                 let Some(name) = a.0.get(&format!("target{suffix}")).cloned() else {
                     break;
                 };
-                let mut url = a.req(&format!("ws{suffix}"))?;
-                if let Some(secret) = a.0.get("jwt-secret") {
-                    let token = jwt::hs256(secret, &a.str("role", "anon"), 3600, &[]);
-                    url = format!("{url}?apikey={token}&vsn=2.0.0");
-                }
                 targets.push(loadgen::TargetSpec {
                     name,
-                    url,
+                    url: a.ws_url(a.req(&format!("ws{suffix}"))?),
                     mode: loadgen::Mode::parse(&a.req(&format!("mode{suffix}"))?)?,
-                    server_pid: a
-                        .0
-                        .get(&format!("server-pid{suffix}"))
-                        .and_then(|p| p.parse().ok()),
+                    server_pid: a.pid(&format!("server-pid{suffix}")),
                 });
                 outs.push(a.req(&format!("out{suffix}"))?);
             }
@@ -149,13 +181,46 @@ fn run(cmd: &str, a: Args) -> Result<i32, String> {
             let results = runtime()?.block_on(loadgen::fanout(&targets, &o));
             let mut code = 0;
             for (r, out) in results.iter().zip(&outs) {
-                std::fs::write(out, serde_json::to_string_pretty(r).unwrap())
-                    .map_err(|e| format!("{out}: {e}"))?;
+                write_json(out, r)?;
                 if r.error.is_some() {
                     code = 3;
                 }
             }
             Ok(code)
+        }
+        "roundtrip" => {
+            let o = roundtrip::RoundTripOpts {
+                subjects: a.subjects()?,
+                dsn: a.req("dsn")?,
+                clients: a.get("clients", 1000)?,
+                room_size: a.get("room-size", 10)?,
+                rate_per_client: a.get("rate", 2.0)?,
+                step_secs: a.get("step-secs", 5.0)?,
+                rounds: a.get("rounds", 2)?,
+                warmup_secs: a.get("warmup-secs", 2.0)?,
+                threads: a.get("threads", 2)?,
+            };
+            let out = a.req("out")?;
+            let r = runtime()?.block_on(roundtrip::run(&o));
+            write_json(&out, &r)?;
+            Ok(if r.error.is_some() { 3 } else { 0 })
+        }
+        "memory" => {
+            let sources: u8 = a.get("sources", 8)?;
+            let o = memory::MemoryOpts {
+                subjects: a.subjects()?,
+                connections: a.get("connections", 10000)?,
+                rooms: a.get("rooms", 1000)?,
+                sources: (0..sources)
+                    .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i)))
+                    .collect(),
+                idle_secs: a.get("idle-secs", 5.0)?,
+                rounds: a.get("rounds", 2)?,
+            };
+            let out = a.req("out")?;
+            let r = runtime()?.block_on(memory::run(&o));
+            write_json(&out, &r)?;
+            Ok(if r.error.is_some() { 3 } else { 0 })
         }
         "writers" => {
             let o = writers::WritersOpts {
@@ -171,12 +236,11 @@ fn run(cmd: &str, a: Args) -> Result<i32, String> {
                 threads: a.get("threads", 2)?,
                 settle: Duration::from_millis(a.get("settle-ms", 1500)?),
                 sidecar_running: a.get("sidecar-running", true)?,
-                sidecar_pid: a.0.get("sidecar-pid").and_then(|p| p.parse().ok()),
+                sidecar_pid: a.pid("sidecar-pid"),
             };
             let out = a.req("out")?;
             let r = runtime()?.block_on(writers::run(&o));
-            std::fs::write(&out, serde_json::to_string_pretty(&r).unwrap())
-                .map_err(|e| format!("{out}: {e}"))?;
+            write_json(&out, &r)?;
             Ok(if r.error.is_some() { 3 } else { 0 })
         }
         "joins" => {
@@ -189,12 +253,11 @@ fn run(cmd: &str, a: Args) -> Result<i32, String> {
                 step_secs: a.get("step-secs", 5.0)?,
                 rounds: a.get("rounds", 2)?,
                 warmup_secs: a.get("warmup-secs", 1.0)?,
-                sidecar_pid: a.0.get("sidecar-pid").and_then(|p| p.parse().ok()),
+                sidecar_pid: a.pid("sidecar-pid"),
             };
             let out = a.req("out")?;
             let r = runtime()?.block_on(joins::run(&o));
-            std::fs::write(&out, serde_json::to_string_pretty(&r).unwrap())
-                .map_err(|e| format!("{out}: {e}"))?;
+            write_json(&out, &r)?;
             Ok(if r.error.is_some() { 3 } else { 0 })
         }
         "report" => {

@@ -1,10 +1,14 @@
-//! Baseline: a minimal LISTEN -> WebSocket relay (the pg_eventserv design).
+//! Baseline: a minimal LISTEN -> WebSocket relay (the pg_eventserv design) that also relays
+//! client broadcasts within a room (the "minimal tokio-tungstenite relay" of published figures).
 //!
-//! One tokio-postgres connection LISTENs on a channel; each NOTIFY payload is serialized once into
-//! a kind-4 frame (`Bytes`, shared) and queued to every subscriber; each subscriber task batches
-//! whatever is queued into one flush. tokio-tungstenite with a 4 KiB read buffer. The only
-//! "protocol" is a canned ok reply to `phx_join` (so that the load generator is identical for
-//! both subjects; the subscriber is registered before the reply) and to heartbeats.
+//! Rooms map a joined topic to its members. One tokio-postgres connection LISTENs on a channel;
+//! each NOTIFY payload is serialized once into a kind-4 frame (`Bytes`, shared) and queued to every
+//! member of the configured topic. A kind-3 push from a member is likewise re-framed once as
+//! kind 4 and queued to every other member of its room (`self: false`), in-process only. Each
+//! connection task batches whatever is queued into one flush. tokio-tungstenite with a 4 KiB read
+//! buffer. The only "protocol" is a canned ok reply to `phx_join` (so that the load generator is
+//! identical for both subjects; the member is registered before the reply) and to heartbeats.
+use crate::frame::{decode_kind3, encode_kind4};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -18,7 +22,8 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-type Subs = Arc<Mutex<HashMap<u64, UnboundedSender<Message>>>>;
+/// Topic -> members (connection id -> its outbound queue).
+type Rooms = Arc<Mutex<HashMap<String, HashMap<u64, UnboundedSender<Message>>>>>;
 
 pub struct RelayOpts {
     pub listen: SocketAddr,
@@ -36,13 +41,13 @@ pub fn ws_config() -> WebSocketConfig {
 }
 
 pub async fn run(o: RelayOpts) -> Result<(), String> {
-    let subs: Subs = Arc::new(Mutex::new(HashMap::new()));
+    let rooms: Rooms = Arc::new(Mutex::new(HashMap::new()));
     let (client, mut conn) = tokio_postgres::connect(&o.dsn, NoTls)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let (fatal_tx, mut fatal_rx) = unbounded_channel::<String>();
     {
-        let subs = subs.clone();
+        let rooms = rooms.clone();
         let (topic, event) = (o.topic.clone(), o.event.clone());
         tokio::spawn(async move {
             let mut msgs = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -50,14 +55,15 @@ pub async fn run(o: RelayOpts) -> Result<(), String> {
                 match m {
                     Ok(AsyncMessage::Notification(n)) => {
                         // Serialize once, share the bytes.
-                        let frame = Message::Binary(Bytes::from(crate::frame::encode_kind4(
+                        let frame = Message::Binary(Bytes::from(encode_kind4(
                             &topic,
                             &event,
                             b"",
                             n.payload().as_bytes(),
                         )));
-                        let mut g = subs.lock().unwrap();
-                        g.retain(|_, tx| tx.send(frame.clone()).is_ok());
+                        if let Some(members) = rooms.lock().unwrap().get_mut(&topic) {
+                            members.retain(|_, tx| tx.send(frame.clone()).is_ok());
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -87,8 +93,8 @@ pub async fn run(o: RelayOpts) -> Result<(), String> {
         tokio::select! {
             a = listener.accept() => {
                 let Ok((stream, _)) = a else { continue };
-                let (subs, id) = (subs.clone(), ids.fetch_add(1, Ordering::Relaxed));
-                tokio::spawn(async move { let _ = serve(stream, subs, id).await; });
+                let (rooms, id) = (rooms.clone(), ids.fetch_add(1, Ordering::Relaxed));
+                tokio::spawn(async move { let _ = serve(stream, rooms, id).await; });
             }
             e = fatal_rx.recv() => return Err(e.unwrap_or_default()),
             _ = &mut deadline => { eprintln!("relay: max time reached, exiting"); return Ok(()); }
@@ -96,12 +102,13 @@ pub async fn run(o: RelayOpts) -> Result<(), String> {
     }
 }
 
-async fn serve(stream: TcpStream, subs: Subs, id: u64) -> Result<(), String> {
+async fn serve(stream: TcpStream, rooms: Rooms, id: u64) -> Result<(), String> {
     stream.set_nodelay(true).ok();
     let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
         .await
         .map_err(|e| e.to_string())?;
     let (tx, mut rx) = unbounded_channel::<Message>();
+    let mut joined: Vec<String> = vec![];
     let r: Result<(), String> = async {
         loop {
             tokio::select! {
@@ -115,13 +122,15 @@ async fn serve(stream: TcpStream, subs: Subs, id: u64) -> Result<(), String> {
                 }
                 m = ws.next() => match m {
                     Some(Ok(Message::Text(t))) => {
-                        if let Some(reply) = canned_reply(t.as_str()) {
-                            if reply.1 {
-                                subs.lock().unwrap().insert(id, tx.clone());
+                        if let Some((reply, join)) = canned_reply(t.as_str()) {
+                            if let Some(topic) = join {
+                                rooms.lock().unwrap().entry(topic.clone()).or_default().insert(id, tx.clone());
+                                joined.push(topic);
                             }
-                            let _ = tx.send(Message::text(reply.0));
+                            let _ = tx.send(Message::text(reply));
                         }
                     }
+                    Some(Ok(Message::Binary(b))) => relay_push(&rooms, id, &joined, &b),
                     Some(Ok(Message::Close(_))) | None => return Ok(()),
                     Some(Err(e)) => return Err(e.to_string()),
                     Some(Ok(_)) => {}
@@ -130,12 +139,38 @@ async fn serve(stream: TcpStream, subs: Subs, id: u64) -> Result<(), String> {
         }
     }
     .await;
-    subs.lock().unwrap().remove(&id);
+    let mut g = rooms.lock().unwrap();
+    for topic in joined {
+        if let Some(members) = g.get_mut(&topic) {
+            members.remove(&id);
+            if members.is_empty() {
+                g.remove(&topic);
+            }
+        }
+    }
     r
 }
 
-/// Reply to `phx_join` (second: register the subscriber) and `heartbeat`; nothing else.
-fn canned_reply(text: &str) -> Option<(String, bool)> {
+/// Queues a member's kind-3 push, re-framed once as kind 4, to the other members of its room.
+fn relay_push(rooms: &Rooms, from: u64, joined: &[String], push: &[u8]) {
+    let Some(p) = decode_kind3(push) else { return };
+    let Some(topic) = joined.iter().find(|t| t.as_bytes() == p.topic) else {
+        return;
+    };
+    let Ok(event) = std::str::from_utf8(p.event) else {
+        return;
+    };
+    let mut frame = encode_kind4(topic, event, p.meta, p.payload);
+    frame[4] = p.encoding; // the header's encoding byte: JSON or binary, as pushed
+    let frame = Message::Binary(Bytes::from(frame));
+    if let Some(members) = rooms.lock().unwrap().get_mut(topic) {
+        members.retain(|&id, tx| id == from || tx.send(frame.clone()).is_ok());
+    }
+}
+
+/// Reply to `phx_join` (second: the topic to register the member in) and `heartbeat`; nothing
+/// else.
+fn canned_reply(text: &str) -> Option<(String, Option<String>)> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     let a = v.as_array()?;
     if a.len() != 5 {
@@ -153,7 +188,8 @@ fn canned_reply(text: &str) -> Option<(String, bool)> {
     };
     let reply =
         serde_json::json!([a[0], a[1], a[2], "phx_reply", {"status": "ok", "response": response}]);
-    Some((reply.to_string(), join))
+    let topic = join.then(|| a[2].as_str().map(str::to_owned)).flatten();
+    Some((reply.to_string(), topic))
 }
 
 #[cfg(test)]
@@ -164,14 +200,14 @@ mod tests {
     fn canned_replies() {
         let (r, join) =
             canned_reply(r#"["1","1","realtime:bench","phx_join",{"config":{}}]"#).unwrap();
-        assert!(join);
+        assert_eq!(join.as_deref(), Some("realtime:bench"));
         let v: serde_json::Value = serde_json::from_str(&r).unwrap();
         assert_eq!(
             v,
             serde_json::json!(["1","1","realtime:bench","phx_reply",{"status":"ok","response":{"postgres_changes":[]}}])
         );
         let (r, join) = canned_reply(r#"[null,"7","phoenix","heartbeat",{}]"#).unwrap();
-        assert!(!join);
+        assert!(join.is_none());
         let v: serde_json::Value = serde_json::from_str(&r).unwrap();
         assert_eq!(
             v,

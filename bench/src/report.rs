@@ -1,6 +1,8 @@
 //! Assembles bench/report/report.json and report.md from the raw results of one run.
 use crate::joins::{JoinTotals, JoinsResult};
 use crate::loadgen::{FanoutResult, StepResult};
+use crate::memory::MemoryResult;
+use crate::roundtrip::{RoundTripResult, RtTotals};
 use crate::writers::WritersResult;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -100,22 +102,60 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         problems.push(format!("meta: {e}"));
         json!({})
     });
-    let load = |name: &str, problems: &mut Vec<String>| -> Option<FanoutResult> {
-        match read::<FanoutResult>(&raw.join(format!("fanout-{name}.json"))) {
+    let load = |file: &str, what: &str, problems: &mut Vec<String>| -> Option<FanoutResult> {
+        match read::<FanoutResult>(&raw.join(format!("{file}.json"))) {
             Ok(r) => {
                 if let Some(e) = &r.error {
-                    problems.push(format!("fan-out run against the {name} failed: {e}"));
+                    problems.push(format!("{what} failed: {e}"));
                 }
                 Some(r)
             }
             Err(e) => {
-                problems.push(format!("fan-out results of the {name} missing: {e}"));
+                problems.push(format!("{what}: results missing: {e}"));
                 None
             }
         }
     };
-    let side = load("sidecar", &mut problems);
-    let relay = load("relay", &mut problems);
+    let side = load(
+        "fanout-sidecar",
+        "fan-out run against the sidecar",
+        &mut problems,
+    );
+    let relay = load(
+        "fanout-relay",
+        "fan-out run against the relay",
+        &mut problems,
+    );
+    let push_side = load(
+        "fanout-push-sidecar",
+        "client broadcast fan-out against the sidecar",
+        &mut problems,
+    );
+    let push_relay = load(
+        "fanout-push-relay",
+        "client broadcast fan-out against the relay",
+        &mut problems,
+    );
+    let roundtrip: Option<RoundTripResult> = match read(&raw.join("roundtrip.json")) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            problems.push(format!("round-trip results missing: {e}"));
+            None
+        }
+    };
+    if let Some(e) = roundtrip.as_ref().and_then(|r| r.error.clone()) {
+        problems.push(format!("client broadcast round trip failed: {e}"));
+    }
+    let memory: Option<MemoryResult> = match read(&raw.join("memory.json")) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            problems.push(format!("memory results missing: {e}"));
+            None
+        }
+    };
+    if let Some(e) = memory.as_ref().and_then(|r| r.error.clone()) {
+        problems.push(format!("memory benchmark failed: {e}"));
+    }
     let writers: Option<WritersResult> = match read(&raw.join("writers.json")) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -184,21 +224,8 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
     );
     f.note = Some(format!(
         "sidecar: {}; relay: {}",
-        side.as_ref()
-            .map(|r| if r.search_note.is_empty() {
-                "search converged".into()
-            } else {
-                r.search_note.clone()
-            })
-            .unwrap_or_default(),
-        relay
-            .as_ref()
-            .map(|r| if r.search_note.is_empty() {
-                "search converged".into()
-            } else {
-                r.search_note.clone()
-            })
-            .unwrap_or_default()
+        side.as_ref().map(search_note).unwrap_or_default(),
+        relay.as_ref().map(search_note).unwrap_or_default()
     ));
     figs.push(f);
 
@@ -308,12 +335,16 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         };
         for (shape, title) in [
             ("one_statement", "one-statement INSERT"),
-            ("one_statement_prepared", "one-statement INSERT, prepared (-M prepared)"),
+            (
+                "one_statement_prepared",
+                "one-statement INSERT, prepared (-M prepared)",
+            ),
             ("transaction", "BEGIN; INSERT; ...; END"),
         ] {
             let plain = best(shape, "plain");
             let noop = best(shape, "noop");
-            let p = json!({"shape": shape, "pgbench": w.params, "plain_tps": plain, "noop_tps": noop});
+            let p =
+                json!({"shape": shape, "pgbench": w.params, "plain_tps": plain, "noop_tps": noop});
             figs.push(fig(
                 &format!("writer_{shape}_broadcast"),
                 &format!("Writer tps, {title} + realtime.broadcast"),
@@ -336,7 +367,8 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
                 None,
                 p.clone(),
             );
-            f.note = Some("what realtime.broadcast itself costs, apart from the statement shape".into());
+            f.note =
+                Some("what realtime.broadcast itself costs, apart from the statement shape".into());
             figs.push(f);
             let mut f = fig(
                 &format!("writer_{shape}_noop"),
@@ -461,6 +493,152 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         }
     }
 
+    // 5. Client broadcast round trip in rooms.
+    if let Some(rt) = &roundtrip {
+        let (side, relay) = (rt.totals.get("sidecar"), rt.totals.get("relay"));
+        let p = &rt.params;
+        let p = json!({"clients": p["clients"], "room_size": p["room_size"], "msgs_per_s": p["msgs_per_s"],
+                       "deliveries_per_s": p["deliveries_per_s"], "step_seconds": p["step_seconds"], "rounds": p["rounds"],
+                       "sidecar_messages": side.map(|t| t.sent), "relay_messages": relay.map(|t| t.sent)});
+        let base = "bench relay (in-process room fan-out)";
+        let rate = |k: &str| p[k].as_f64().unwrap_or(0.0);
+        let title = format!(
+            "Client broadcast round trip ({} clients in rooms of {}, {:.0} msgs/s in, {:.0} deliveries/s out)",
+            p["clients"],
+            p["room_size"],
+            rate("msgs_per_s"),
+            rate("deliveries_per_s")
+        );
+        let lat = |t: Option<&RtTotals>, f: fn(&RtTotals) -> u64| {
+            t.filter(|t| t.latency.samples > 0).map(|t| ms(f(t)))
+        };
+        let mut f = fig(
+            "client_roundtrip_p99",
+            &format!("{title}: p99"),
+            "ms",
+            lat(side, |t| t.latency.p99_us),
+            lat(relay, |t| t.latency.p99_us),
+            base,
+            "max",
+            Some(10.0),
+            p.clone(),
+        );
+        f.note = Some("Supabase Realtime publishes p99 213 ms for its broadcast benchmark".into());
+        figs.push(f);
+        for (q, get) in [
+            (
+                "p50",
+                (|t: &RtTotals| t.latency.p50_us) as fn(&RtTotals) -> u64,
+            ),
+            ("max", |t: &RtTotals| t.latency.max_us),
+        ] {
+            figs.push(fig(
+                &format!("client_roundtrip_{q}"),
+                &format!("{title}: {q}"),
+                "ms",
+                lat(side, get),
+                lat(relay, get),
+                base,
+                "reference",
+                None,
+                p.clone(),
+            ));
+        }
+        let mut f = fig(
+            "client_roundtrip_lost",
+            &format!("{title}: deliveries lost"),
+            "deliveries",
+            side.map(|t| t.lost as f64),
+            relay.map(|t| t.lost as f64),
+            base,
+            "max",
+            Some(0.0),
+            p.clone(),
+        );
+        f.ratio = None;
+        f.note = side.map(|t| {
+            format!(
+                "expected {}, on time {}, late {}, lost {}, receiver disconnects {}",
+                t.expected, t.on_time, t.late, t.lost, t.disconnects
+            )
+        });
+        figs.push(f);
+        let mut f = fig(
+            "client_roundtrip_sidecar_cpu",
+            &format!(
+                "Sidecar CPU per client broadcast in the round trip (1 push in, {} deliveries out)",
+                p["room_size"].as_u64().unwrap_or(1).saturating_sub(1)
+            ),
+            "us",
+            side.and_then(|t| t.server_us_per_msg),
+            relay.and_then(|t| t.server_us_per_msg),
+            base,
+            "reference",
+            None,
+            p.clone(),
+        );
+        f.note = side.and_then(|t| t.postgres_us_per_msg).map(|c| {
+            format!("plus {c:.0} us of Postgres CPU per message: the sidecar hands every push to realtime._publish for other sidecars (relay: none)")
+        });
+        figs.push(f);
+    }
+
+    // 6. Client broadcast fan-out.
+    let push_best = |r: &Option<FanoutResult>| r.as_ref().and_then(|r| r.best.clone());
+    let (ps, pr) = (push_best(&push_side), push_best(&push_relay));
+    let push_subs = push_side
+        .as_ref()
+        .or(push_relay.as_ref())
+        .map_or(0, |r| r.subscribers);
+    let mut f = fig(
+        "client_fanout_throughput",
+        &format!("Client broadcast -> 1 room x {push_subs} subscribers: max deliveries/s with p99 <= 100 ms, no loss"),
+        "deliveries/s",
+        ps.as_ref().map(|b| b.deliveries_per_s),
+        pr.as_ref().map(|b| b.deliveries_per_s),
+        "bench relay (in-process room fan-out)",
+        "reference",
+        None,
+        json!({
+            "subscribers": push_subs,
+            "sender_clients": push_side.as_ref().map(|r| r.producer_connections),
+            "sidecar_best_msgs_per_s": ps.as_ref().map(|b| b.target_rate),
+            "relay_best_msgs_per_s": pr.as_ref().map(|b| b.target_rate),
+            "search": "as the SQL fan-out search, the producer being WebSocket clients pushing kind-3 broadcasts into the room",
+        }),
+    );
+    f.note = Some(format!(
+        "no target set; sidecar: {}; relay: {}",
+        push_side.as_ref().map(search_note).unwrap_or_default(),
+        push_relay.as_ref().map(search_note).unwrap_or_default()
+    ));
+    figs.push(f);
+
+    // 7. Memory per idle connection.
+    if let Some(mem) = &memory {
+        let p = json!({"connections": mem.params["connections"], "channels": mem.params["channels"],
+                       "idle_seconds": mem.params["idle_seconds"], "measure": mem.params["measure"]});
+        let mut f = fig(
+            "memory_per_connection",
+            &format!(
+                "Server RSS per idle connection joined to a channel, {} connections",
+                mem.params["connections"]
+            ),
+            "kB",
+            mem.kb_per_connection("sidecar"),
+            mem.kb_per_connection("relay"),
+            "bench relay (tokio-tungstenite, 4 KiB read buffer)",
+            "max",
+            Some(10.0),
+            p,
+        );
+        f.note = Some(
+            "each process's first measurement; kB = 1024 bytes; a minimal tokio-tungstenite relay is published at ~10.2 KB"
+                .into(),
+        );
+        figs.push(f);
+    }
+
     let run_ok = problems.is_empty();
     let missed: Vec<&Figure> = figs.iter().filter(|f| f.pass == Some(false)).collect();
     let report = json!({
@@ -471,20 +649,49 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         "targets_met": missed.is_empty(),
         "targets_missed": missed.iter().map(|f| f.id.clone()).collect::<Vec<_>>(),
         "figures": figs,
-        "details": {"fanout": {"sidecar": side, "relay": relay}, "writers": writers, "joins": joins},
+        "details": {"fanout": {"sidecar": side, "relay": relay}, "writers": writers, "joins": joins,
+                    "client_roundtrip": roundtrip, "client_fanout": {"sidecar": push_side, "relay": push_relay},
+                    "memory": memory},
     });
+    let raw = Raw {
+        side,
+        relay,
+        push_side,
+        push_relay,
+        writers,
+        joins,
+        roundtrip,
+        memory,
+    };
     std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
     std::fs::write(
         out.join("report.json"),
         serde_json::to_string_pretty(&report).unwrap(),
     )
     .map_err(|e| e.to_string())?;
-    std::fs::write(
-        out.join("report.md"),
-        markdown(&report, &figs, &side, &relay, &writers, &joins),
-    )
-    .map_err(|e| e.to_string())?;
+    std::fs::write(out.join("report.md"), markdown(&report, &figs, &raw))
+        .map_err(|e| e.to_string())?;
     Ok(run_ok)
+}
+
+fn search_note(r: &FanoutResult) -> String {
+    if r.search_note.is_empty() {
+        "search converged".into()
+    } else {
+        r.search_note.clone()
+    }
+}
+
+/// Everything one run measured, as read from its raw results.
+struct Raw {
+    side: Option<FanoutResult>,
+    relay: Option<FanoutResult>,
+    push_side: Option<FanoutResult>,
+    push_relay: Option<FanoutResult>,
+    writers: Option<WritersResult>,
+    joins: Option<JoinsResult>,
+    roundtrip: Option<RoundTripResult>,
+    memory: Option<MemoryResult>,
 }
 
 fn num(v: Option<f64>, unit: &str) -> String {
@@ -496,14 +703,7 @@ fn num(v: Option<f64>, unit: &str) -> String {
     }
 }
 
-fn markdown(
-    report: &Value,
-    figs: &[Figure],
-    side: &Option<FanoutResult>,
-    relay: &Option<FanoutResult>,
-    writers: &Option<WritersResult>,
-    joins: &Option<JoinsResult>,
-) -> String {
+fn markdown(report: &Value, figs: &[Figure], raw: &Raw) -> String {
     let mut m = String::new();
     m.push_str("# pg_realtime benchmark\n\n");
     let meta = &report["meta"];
@@ -567,70 +767,31 @@ fn markdown(
         }
         m.push('\n');
     }
-    m.push_str("## Fan-out details\n\n");
+    m.push_str("## Fan-out details (SQL broadcast)\n\n");
     for (name, r) in [
-        ("pg_realtime sidecar", side),
-        ("LISTEN relay (baseline)", relay),
+        ("pg_realtime sidecar", &raw.side),
+        ("LISTEN relay (baseline)", &raw.relay),
     ] {
-        let Some(r) = r else { continue };
-        m.push_str(&format!(
-            "**{name}** ({} subscribers, producer `{:?}`, {} producer connections)",
-            r.subscribers, r.mode, r.producer_connections
-        ));
-        if let Some(kb) = r.server_rss_kb_after_connect {
-            m.push_str(&format!(
-                ", server RSS with all subscribers joined {:.1} MB",
-                kb as f64 / 1024.0
-            ));
+        if let Some(r) = r {
+            fanout_details(&mut m, name, r);
         }
-        if let Some(e) = &r.error {
-            m.push_str(&format!(" — **error: {e}**"));
-        }
-        m.push_str("\n\n| Step | msgs/s (target) | deliveries/s | p50 ms | p99 ms | max ms | late | lost | server CPU us/delivery | pass |\n|---|---|---|---|---|---|---|---|---|---|\n");
-        for s in r
-            .idle
-            .iter()
-            .chain(r.latency.iter())
-            .chain(r.throughput_steps.iter())
-        {
-            m.push_str(&format!(
-                "| {} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
-                s.label,
-                s.achieved_rate,
-                s.target_rate,
-                s.deliveries_per_s,
-                ms(s.latency.p50_us),
-                ms(s.latency.p99_us),
-                ms(s.latency.max_us),
-                s.late,
-                s.lost,
-                s.server_cpu_us_per_delivery
-                    .map(|c| format!("{c:.2}"))
-                    .unwrap_or_else(|| "-".into()),
-                if s.label.starts_with("tp@") {
-                    if s.pass {
-                        "yes".to_string()
-                    } else {
-                        format!("no: {}", s.fail_reasons.join("; "))
-                    }
-                } else {
-                    "-".to_string()
-                }
-            ));
-        }
-        if !r.search_note.is_empty() {
-            m.push_str(&format!("\nThroughput search: {}.\n", r.search_note));
-        }
-        let c = &r.client_counters;
-        if c.disconnects > 0 || c.dups > 0 || c.bad_frames > 0 || c.other_text > 0 {
-            m.push_str(&format!(
-                "\nClient anomalies: {} disconnects (last error {:?}), {} duplicates, {} unparsable frames, {} unexpected text frames (last {:?}).\n",
-                c.disconnects, c.last_error, c.dups, c.bad_frames, c.other_text, c.last_other_text
-            ));
-        }
-        m.push('\n');
     }
-    if let Some(w) = writers {
+    if let Some(rt) = &raw.roundtrip {
+        roundtrip_details(&mut m, rt);
+    }
+    m.push_str("## Client broadcast fan-out details\n\nWebSocket clients joined to the room push kind-3 broadcasts (`self: false`), paced like the SQL producer (message i at start + i/rate, round robin over the senders); the subscribers, joined to the same room, parse the kind-4 frames.\n\n");
+    for (name, r) in [
+        ("pg_realtime sidecar", &raw.push_side),
+        ("bench relay (baseline)", &raw.push_relay),
+    ] {
+        if let Some(r) = r {
+            fanout_details(&mut m, name, r);
+        }
+    }
+    if let Some(mem) = &raw.memory {
+        memory_details(&mut m, mem);
+    }
+    if let Some(w) = &raw.writers {
         m.push_str(&format!(
             "## Writer details\n\npgbench -c {} -j {} -T {}, simple protocol (`-M prepared` for the prepared shape), {} rounds (best tps per script), UNLOGGED `bench_t`; the pg_realtime sidecar was connected and draining the queue during every run (no subscribers on topic `w`), and a LISTEN connection received every NOTIFY of the pg_notify runs.\n\n| Script | round | tps | latency avg ms | sidecar CPU (cores) |\n|---|---|---|---|---|\n",
             w.params["clients"], w.params["threads"], w.params["seconds_per_run"], w.params["rounds"]
@@ -653,7 +814,7 @@ fn markdown(
         }
         m.push('\n');
     }
-    if let Some(j) = joins {
+    if let Some(j) = &raw.joins {
         let p = &j.params;
         m.push_str(&format!(
             "## Join details\n\n{} connections, each with its own user JWT (role `authenticated`, `sub` = `user-<i>`), join room after room of {} (`phx_join`, wait for the reply, `phx_leave` not awaited): one join in flight per connection. Private joins run `realtime._authorize` on the sidecar's pool, with this policy on `realtime.messages` and every user a member of every room ({} rows in `bench_members`):\n\n```sql\n{}\n```\n\nPublic joins (the baseline) send the same frames with `private: false`. {} s per step, {} rounds, order alternating per round, after an unrecorded warm-up of each. Latency: from sending `phx_join` to parsing its reply (load generator's clock). CPU in cores (CPU seconds per second of the step); Postgres counts the whole cluster.\n\n| Step | round | joins/s | p50 ms | p99 ms | max ms | failures | sidecar cores | Postgres cores | load generator cores |\n|---|---|---|---|---|---|---|---|---|---|\n",
@@ -683,6 +844,153 @@ fn markdown(
             j.sidecar_db_sessions
         ));
     }
-    m.push_str("Fan-out latency: from the producer's wall clock just before the producing statement to the kind-4 frame being parsed by the subscriber (same machine, same clock). Timings are never pass/fail tests; a missed target is reported here, not failed.\n");
+    m.push_str("Fan-out latency: from the producer's wall clock just before the producing statement (or push) to the kind-4 frame being parsed by the subscriber (same machine, same clock). Timings are never pass/fail tests; a missed target is reported here, not failed.\n");
     m
+}
+
+fn fanout_details(m: &mut String, name: &str, r: &FanoutResult) {
+    m.push_str(&format!(
+        "**{name}** ({} subscribers, producer `{:?}`, {} producer connections)",
+        r.subscribers, r.mode, r.producer_connections
+    ));
+    if let Some(kb) = r.server_rss_kb_after_connect {
+        m.push_str(&format!(
+            ", server RSS with all subscribers joined {:.1} MB",
+            kb as f64 / 1024.0
+        ));
+    }
+    if let Some(e) = &r.error {
+        m.push_str(&format!(" — **error: {e}**"));
+    }
+    m.push_str("\n\n| Step | msgs/s (target) | deliveries/s | p50 ms | p99 ms | max ms | late | lost | server CPU us/delivery | pass |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for s in r
+        .idle
+        .iter()
+        .chain(r.latency.iter())
+        .chain(r.throughput_steps.iter())
+    {
+        m.push_str(&format!(
+            "| {} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            s.label,
+            s.achieved_rate,
+            s.target_rate,
+            s.deliveries_per_s,
+            ms(s.latency.p50_us),
+            ms(s.latency.p99_us),
+            ms(s.latency.max_us),
+            s.late,
+            s.lost,
+            s.server_cpu_us_per_delivery
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            if s.label.starts_with("tp@") {
+                if s.pass {
+                    "yes".to_string()
+                } else {
+                    format!("no: {}", s.fail_reasons.join("; "))
+                }
+            } else {
+                "-".to_string()
+            }
+        ));
+    }
+    if !r.search_note.is_empty() {
+        m.push_str(&format!("\nThroughput search: {}.\n", r.search_note));
+    }
+    let c = &r.client_counters;
+    if c.disconnects > 0 || c.dups > 0 || c.bad_frames > 0 || c.other_text > 0 {
+        m.push_str(&format!(
+            "\nClient anomalies: {} disconnects (last error {:?}), {} duplicates, {} unparsable frames, {} unexpected text frames (last {:?}).\n",
+            c.disconnects, c.last_error, c.dups, c.bad_frames, c.other_text, c.last_other_text
+        ));
+    }
+    m.push('\n');
+}
+
+fn roundtrip_details(m: &mut String, rt: &RoundTripResult) {
+    let p = &rt.params;
+    let rate = |k: &str| p[k].as_f64().unwrap_or(0.0);
+    m.push_str(&format!(
+        "## Client broadcast round trip details\n\n{} WebSocket clients in rooms of {}, each pushing {} kind-3 broadcasts/s (`self: false`) and receiving the others': {:.0} msgs/s in, {:.0} deliveries/s out. Latency: {}. {} s per step, {} rounds, subjects alternating (order flipped every round) after an unrecorded {} s warm-up of each; both subjects' clients stay connected throughout. CPU per message sent; Postgres counts the whole cluster (the sidecar writes every push to `realtime._publish`).\n\n| Step | msgs/s (target) | deliveries/s | p50 ms | p99 ms | max ms | late | lost | server CPU us/msg | Postgres CPU us/msg | load generator CPU us/msg |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        p["clients"], p["room_size"], p["msgs_per_s_per_client"], rate("msgs_per_s"), rate("deliveries_per_s"),
+        p["latency"].as_str().unwrap_or("?"), p["step_seconds"], p["rounds"], p["warmup_seconds_per_subject"]
+    ));
+    let per_msg = |c: Option<f64>, s: &StepResult| {
+        c.filter(|_| s.produced.sent > 0)
+            .map(|c| format!("{:.0}", c * 1e6 / s.produced.sent as f64))
+            .unwrap_or_else(|| "-".into())
+    };
+    for st in &rt.steps {
+        let s = &st.result;
+        m.push_str(&format!(
+            "| {} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
+            s.label,
+            s.achieved_rate,
+            s.target_rate,
+            s.deliveries_per_s,
+            ms(s.latency.p50_us),
+            ms(s.latency.p99_us),
+            ms(s.latency.max_us),
+            s.late,
+            s.lost,
+            per_msg(s.server_cpu_s, s),
+            per_msg(s.postgres_cpu_s, s),
+            per_msg(s.loadgen_cpu_s, s),
+        ));
+    }
+    m.push('\n');
+    for (name, t) in &rt.totals {
+        let c = &t.counters;
+        m.push_str(&format!(
+            "- **{name}**: {} messages, p50 / p99 / max {:.2} / {:.2} / {:.2} ms over {} deliveries, {} late, {} lost, {} send errors, senders at most {:.1} ms behind schedule; {} receiver disconnects, {} duplicates, {} unparsable frames, {} unexpected text frames{}.\n",
+            t.sent,
+            ms(t.latency.p50_us),
+            ms(t.latency.p99_us),
+            ms(t.latency.max_us),
+            t.latency.samples,
+            t.late,
+            t.lost,
+            t.send_errors,
+            t.max_send_behind_ms,
+            c.disconnects,
+            c.dups,
+            c.bad_frames,
+            c.other_text,
+            c.last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+        ));
+    }
+    m.push('\n');
+}
+
+fn memory_details(m: &mut String, mem: &MemoryResult) {
+    let p = &mem.params;
+    m.push_str(&format!(
+        "## Memory details\n\n{} connections per measurement, each joined to one of {} channels ({}), from source addresses {}; idle {} s before the sample. {}. The figure is each process's first measurement: a later one reuses memory its allocator kept after the earlier connections closed (see RSS after close), so it reads low.\n\n| Subject | round | counts | joined | connect s | RSS before MB | RSS idle MB | kB/connection | RSS after close MB |\n|---|---|---|---|---|---|---|---|---|\n",
+        p["connections"], p["channels"], p["client"].as_str().unwrap_or("?"), p["source_addresses"],
+        p["idle_seconds"], p["measure"].as_str().unwrap_or("?")
+    ));
+    let mb = |kb: Option<u64>| {
+        kb.map(|k| format!("{:.1}", k as f64 / 1024.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    for s in &mem.steps {
+        m.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} |\n",
+            s.subject,
+            s.round,
+            if s.first { "yes" } else { "no" },
+            s.joined,
+            s.connect_s,
+            mb(s.rss_before_kb),
+            mb(s.rss_idle_kb),
+            s.kb_per_connection
+                .map(|k| format!("{k:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            mb(s.rss_closed_kb),
+        ));
+        if let Some(e) = &s.error {
+            m.push_str(&format!("\n**{} round {}: {e}**\n\n", s.subject, s.round));
+        }
+    }
+    m.push('\n');
 }
