@@ -133,7 +133,7 @@ pub struct Channel {
     /// private one.
     pub permissions: Permissions,
     /// Token the channel is authorized with (to ignore identical `access_token` refreshes).
-    pub token: String,
+    pub token: Arc<str>,
     pub claims: Claims,
     /// Local deadline of the token's `exp` (`None`: beyond any timer).
     pub expires_at: Option<Instant>,
@@ -180,24 +180,25 @@ pub fn deadline(exp: i64, now_unix: i64) -> Option<Instant> {
 
 #[derive(Default)]
 pub struct ChannelTable {
-    channels: HashMap<String, Channel>,
+    /// Boxed: a table sized for one channel then holds pointers, not several large entries.
+    channels: HashMap<String, Box<Channel>>,
 }
 
 impl ChannelTable {
     pub fn get(&self, topic: &str) -> Option<&Channel> {
-        self.channels.get(topic)
+        self.channels.get(topic).map(|c| &**c)
     }
 
     pub fn get_mut(&mut self, topic: &str) -> Option<&mut Channel> {
-        self.channels.get_mut(topic)
+        self.channels.get_mut(topic).map(|c| &mut **c)
     }
 
     pub fn insert(&mut self, topic: String, channel: Channel) {
-        self.channels.insert(topic, channel);
+        self.channels.insert(topic, Box::new(channel));
     }
 
     pub fn remove(&mut self, topic: &str) -> Option<Channel> {
-        self.channels.remove(topic)
+        self.channels.remove(topic).map(|c| *c)
     }
 
     pub fn len(&self) -> usize {
@@ -205,7 +206,7 @@ impl ChannelTable {
     }
 
     pub fn drain(&mut self) -> impl Iterator<Item = (String, Channel)> + '_ {
-        self.channels.drain()
+        self.channels.drain().map(|(topic, c)| (topic, *c))
     }
 
     /// The earliest token expiry or policy re-check among joined channels.

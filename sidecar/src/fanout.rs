@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
-use tokio::sync::mpsc::{self, error::TrySendError};
+use flume::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{self, Broadcast, Frame, Vsn};
@@ -31,7 +31,7 @@ use crate::error::CloseReason;
 pub struct ConnHandle {
     pub id: u64,
     pub vsn: Vsn,
-    tx: mpsc::Sender<Frame>,
+    tx: flume::Sender<Frame>,
     kill: CancellationToken,
     reason: OnceLock<CloseReason>,
 }
@@ -44,8 +44,8 @@ impl ConnHandle {
         vsn: Vsn,
         capacity: usize,
         parent: &CancellationToken,
-    ) -> (Arc<Self>, mpsc::Receiver<Frame>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    ) -> (Arc<Self>, flume::Receiver<Frame>) {
+        let (tx, rx) = flume::bounded(capacity);
         let handle = ConnHandle {
             id,
             vsn,
@@ -67,7 +67,7 @@ impl ConnHandle {
                 self.close(CloseReason::SlowClient);
                 false
             }
-            Err(TrySendError::Closed(_)) => false,
+            Err(TrySendError::Disconnected(_)) => false,
         }
     }
 
@@ -193,9 +193,9 @@ mod tests {
     fn publishes_to_matching_namespace_and_excludes_sender() {
         let root = CancellationToken::new();
         let reg = Registry::default();
-        let (a, mut rx_a) = ConnHandle::new(1, Vsn::V2, 8, &root);
-        let (b, mut rx_b) = ConnHandle::new(2, Vsn::V1, 8, &root);
-        let (c, mut rx_c) = ConnHandle::new(3, Vsn::V2, 8, &root);
+        let (a, rx_a) = ConnHandle::new(1, Vsn::V2, 8, &root);
+        let (b, rx_b) = ConnHandle::new(2, Vsn::V1, 8, &root);
+        let (c, rx_c) = ConnHandle::new(3, Vsn::V2, 8, &root);
         let sa = reg.subscribe(key("room", false), a);
         reg.subscribe(key("room", false), b);
         let sc = reg.subscribe(key("room", true), c);
@@ -223,7 +223,7 @@ mod tests {
         let root = CancellationToken::new();
         let reg = Registry::default();
         let (slow, _rx_slow) = ConnHandle::new(1, Vsn::V2, 1, &root);
-        let (fast, mut rx_fast) = ConnHandle::new(2, Vsn::V2, 8, &root);
+        let (fast, rx_fast) = ConnHandle::new(2, Vsn::V2, 8, &root);
         reg.subscribe(key("t", false), slow.clone());
         reg.subscribe(key("t", false), fast.clone());
         reg.publish(&key("t", false), &json("{}"), None);

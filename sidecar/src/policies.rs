@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{Pool, PoolError};
 
-use serde_json::Value;
-
 use crate::auth::Claims;
 use crate::error::PolicyError;
 
@@ -64,7 +62,7 @@ impl Subject {
     pub fn new(claims: &Claims, topic: &str, headers: Arc<str>) -> Self {
         Subject {
             role: claims.role.clone(),
-            claims: Value::Object(claims.all.clone()).to_string(),
+            claims: claims.json.to_string(),
             topic: topic.to_owned(),
             headers,
         }

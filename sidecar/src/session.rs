@@ -55,7 +55,7 @@ pub struct Session {
     state: Arc<AppState>,
     conn: Arc<ConnHandle>,
     /// The verified connection token, used by joins that bring no `access_token`.
-    conn_token: String,
+    conn_token: Arc<str>,
     /// The upgrade request's headers as a JSON object, for policies (`request.headers`).
     headers: Arc<str>,
     channels: ChannelTable,
@@ -73,7 +73,7 @@ pub struct Session {
 struct Grant {
     config: JoinConfig,
     /// The token the channel is authorized with and its verified claims.
-    token: String,
+    token: Arc<str>,
     claims: Claims,
 }
 
@@ -129,7 +129,7 @@ impl Session {
     pub fn new(
         state: Arc<AppState>,
         conn: Arc<ConnHandle>,
-        conn_token: String,
+        conn_token: Arc<str>,
         headers: Arc<str>,
     ) -> Self {
         Session {
@@ -375,7 +375,13 @@ impl Session {
             return Err(JoinError::TooManyChannels);
         }
         let config = JoinConfig::parse(payload);
-        let token = channel::join_token(payload, &self.conn_token).to_owned();
+        let token = channel::join_token(payload, &self.conn_token);
+        // The connection's token is shared, not copied, by the channels it authorizes.
+        let token: Arc<str> = if token == &*self.conn_token {
+            self.conn_token.clone()
+        } else {
+            token.into()
+        };
         let claims = self.state.auth.verify(&token)?;
         Ok(Grant {
             config,
@@ -516,7 +522,7 @@ impl Session {
         };
         ch.changes_ticket += 1;
         let (registration, ticket) = (ch.registration, ch.changes_ticket);
-        let claims = Value::Object(ch.claims.all.clone()).to_string();
+        let claims = ch.claims.json.clone();
         let (state, topic) = (self.state.clone(), topic.to_owned());
         self.db_work.push(Box::pin(async move {
             let result = changes::subscribe(&state, &claims, &bindings, wait).await;
@@ -850,12 +856,12 @@ impl Session {
         let Some(ch) = self.channels.get_mut(topic) else {
             return;
         };
-        if token.starts_with("sb_") || token == ch.token {
+        if token.starts_with("sb_") || token == &*ch.token {
             return;
         }
         match self.state.auth.verify(token) {
             Ok(claims) => {
-                ch.token = token.to_owned();
+                ch.token = token.into();
                 ch.expires_at = channel::deadline(claims.exp, unix_now());
                 ch.claims = claims;
                 let private = ch.key.private;
@@ -1058,7 +1064,6 @@ impl Drop for Session {
 mod tests {
     use clap::Parser;
     use serde_json::json;
-    use tokio::sync::mpsc;
 
     use super::*;
     use crate::auth::tests::{token, valid_token, SECRET};
@@ -1085,13 +1090,13 @@ mod tests {
 
     struct Client {
         session: Session,
-        rx: mpsc::Receiver<Frame>,
+        rx: flume::Receiver<Frame>,
     }
 
     impl Client {
         fn new(state: &Arc<AppState>) -> Self {
             let (conn, rx) = ConnHandle::new(state.next_conn_id(), Vsn::V2, 16, &state.shutdown);
-            let session = Session::new(state.clone(), conn, valid_token(), "{}".into());
+            let session = Session::new(state.clone(), conn, valid_token().into(), "{}".into());
             Client { session, rx }
         }
 
@@ -1627,8 +1632,8 @@ mod tests {
     #[test]
     fn join_error_reply_waits_for_backoff() {
         let state = state();
-        let (conn, mut rx) = ConnHandle::new(1, Vsn::V2, 4, &state.shutdown);
-        let mut session = Session::new(state.clone(), conn, valid_token(), "{}".into());
+        let (conn, rx) = ConnHandle::new(1, Vsn::V2, 4, &state.shutdown);
+        let mut session = Session::new(state.clone(), conn, valid_token().into(), "{}".into());
         session.handle(
             codec::decode_text(Vsn::V2, r#"["1","1","realtime:","phx_join",{}]"#).expect("frame"),
         );

@@ -22,7 +22,6 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::app::AppState;
@@ -119,7 +118,7 @@ async fn serve(
     let capacity = state.config.client_queue_frames as usize;
     let (conn, rx) = ConnHandle::new(state.next_conn_id(), vsn, capacity, &state.shutdown);
     tracing::info!(conn = conn.id, ?vsn, "connected");
-    let mut session = Session::new(state, conn.clone(), token, headers);
+    let mut session = Session::new(state, conn.clone(), token.into(), headers);
     let (sink, stream) = socket.split();
     let writer = write_loop(sink, rx, conn.clone());
     tokio::pin!(writer);
@@ -197,7 +196,7 @@ fn read_failure(err: axum::Error) -> CloseReason {
 
 /// Drain the outbound queue into the socket until the connection is killed, then send the
 /// close frame for its reason.
-async fn write_loop<S>(mut sink: S, mut rx: mpsc::Receiver<Frame>, conn: Arc<ConnHandle>)
+async fn write_loop<S>(mut sink: S, rx: flume::Receiver<Frame>, conn: Arc<ConnHandle>)
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -206,9 +205,9 @@ where
         let first = tokio::select! {
             biased;
             () = kill.cancelled() => break,
-            frame = rx.recv() => match frame {
-                Some(frame) => frame,
-                None => break,
+            frame = rx.recv_async() => match frame {
+                Ok(frame) => frame,
+                Err(_) => break,
             },
         };
         let batch = async {
