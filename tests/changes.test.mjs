@@ -127,6 +127,16 @@ describe('events and values', () => {
     assert.deepEqual(c.new, { id: 200, title: 't' });
   });
 
+  test('a record over 1 MiB keeps values up to 64 bytes and says Error 413', async () => {
+    const h = await subscribe([{ event: 'INSERT', schema: 'public', table: 'todos', filter: 'owner=eq.huge' }]);
+    await stack.sql(`insert into todos (id, owner, title) values (600, 'huge', repeat('x', 1100000))`);
+    const [c] = await h.changes.waitForCount(1);
+    assert.deepEqual(c.errors, ['Error 413: Payload Too Large']);
+    assert.equal(c.new.id, 600);
+    assert.equal(c.new.owner, 'huge');
+    assert.ok(!('title' in c.new));
+  });
+
   test('partitioned tables report under the parent; tables added to supabase_realtime are captured', async () => {
     const h = await subscribe([{ event: 'INSERT', schema: 'public', table: 'events' }]);
     await stack.sql(`insert into events values (1, '2026-05-01', 'launch')`);
