@@ -139,6 +139,17 @@ struct Column {
     is_pk: bool,
 }
 
+/// One (role, claims) group's check, prepared before any of them runs.
+struct Check {
+    role: String,
+    claims: String,
+    ords: Vec<i64>,
+    error: Option<&'static str>,
+    /// The RLS query and its row images (tables with RLS only).
+    /// (the query, its arguments: the ords and their row images as `int8[]`, `jsonb[]`)
+    query: Option<(String, [pg_sys::Datum; 2])>,
+}
+
 #[pg_trigger]
 fn _capture<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
@@ -265,16 +276,19 @@ fn route(entity: pg_sys::Oid, action: Action, before: pg_sys::Snapshot, data: *m
         rls,
         before,
         columns: RefCell::default(),
+        args: RefCell::default(),
     };
+    let mut groups = Vec::new();
     let mut start = 0;
     while start < matches.len() {
         let end = matches[start..]
             .iter()
             .position(|m| m.role != matches[start].role || m.claims != matches[start].claims)
             .map_or(matches.len(), |n| start + n);
-        change.deliver_group(&matches[start..end], &rows);
+        groups.push(&matches[start..end]);
         start = end;
     }
+    change.deliver(&groups, &rows);
 }
 
 struct Change {
@@ -289,46 +303,40 @@ struct Change {
     before: pg_sys::Snapshot,
     /// Columns as each role sees them, loaded once per role per statement.
     columns: RefCell<std::collections::HashMap<String, std::rc::Rc<Vec<Column>>>>,
+    /// Check arguments by row set (datums in the trigger's memory context).
+    args: RefCell<std::collections::HashMap<Vec<i64>, [pg_sys::Datum; 2]>>,
 }
 
 impl Change {
-    /// One (role, claims) group: privileges, the RLS check, then the queue rows.
-    fn deliver_group(&self, group: &[Match], rows: &BTreeMap<i64, (Value, Option<Value>)>) {
-        let first = &group[0];
-        let columns = match self.columns_for(&first.role) {
-            Ok(columns) => columns,
-            Err(err) => {
-                pgrx::warning!("pg_realtime: columns of {} for role {}: {err}", self.entity_sql, first.role);
-                return;
+    /// Privileges and RLS per (role, claims) group, then one queue row per (change, sidecar,
+    /// column view) listing every subscription that may see it.
+    fn deliver(&self, groups: &[&[Match]], rows: &BTreeMap<i64, (Value, Option<Value>)>) {
+        // Inserted and updated rows are checked as they are after the statement: one snapshot
+        // for all groups, taken once the statement's changes are visible.
+        let snapshot = if self.action == Action::Delete {
+            self.before
+        } else {
+            unsafe {
+                pg_sys::CommandCounterIncrement();
+                pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot())
             }
         };
-        let pk: Vec<&Column> = columns.iter().filter(|c| c.is_pk).collect();
-        let error = if pk.is_empty() {
-            Some("Error 400: Bad Request, no primary key")
-        } else if pk.iter().any(|c| c.type_name.is_empty()) {
-            Some("Error 401: Unauthorized")
-        } else {
-            None
-        };
-        let ords: Vec<i64> = {
-            let mut ords: Vec<i64> = group.iter().map(|m| m.ord).collect();
-            ords.dedup();
-            ords
-        };
-        let visible: HashSet<i64> = if error.is_some() {
-            ords.iter().copied().collect()
-        } else if self.rls {
-            self.visible_rows(first, &pk, &ords, rows)
-        } else {
-            ords.iter().copied().collect()
-        };
-        // (ord, sidecar, selected columns) → subscriptions: one queue row each.
-        let mut out: BTreeMap<(i64, &str, Option<&Vec<String>>), Vec<i64>> = BTreeMap::new();
-        for m in group.iter().filter(|m| visible.contains(&m.ord)) {
-            out.entry((m.ord, m.sidecar.as_str(), m.selected.as_ref())).or_default().push(m.subscription);
+        let verdicts = self.check_groups(groups, rows, snapshot);
+        if self.action != Action::Delete {
+            unsafe { pg_sys::UnregisterSnapshot(snapshot) };
         }
-        for ((ord, sidecar, selected), subscriptions) in out {
-            let Some((rec, old)) = rows.get(&ord) else { continue };
+        type View<'m> = (i64, &'m str, &'m str, Option<&'m Vec<String>>, Option<&'static str>);
+        let mut out: BTreeMap<View, Vec<i64>> = BTreeMap::new();
+        for (group, (visible, error)) in groups.iter().zip(&verdicts) {
+            for m in group.iter().filter(|m| visible.contains(&m.ord)) {
+                let view = (m.ord, m.sidecar.as_str(), m.role.as_str(), m.selected.as_ref(), *error);
+                out.entry(view).or_default().push(m.subscription);
+            }
+        }
+        for ((ord, sidecar, role, selected, error), subscriptions) in out {
+            let (Some((rec, old)), Ok(columns)) = (rows.get(&ord), self.columns_for(role)) else {
+                continue;
+            };
             let data = self.data(&columns, selected, rec, old.as_ref(), error);
             let payload = json!({ "subscriptions": subscriptions, "data": data });
             if let Some(datum) = JsonB(payload).into_datum() {
@@ -346,6 +354,119 @@ impl Change {
                 );
             }
         }
+    }
+
+    /// Each group's visible rows and the error its subscribers get instead of records. All
+    /// RLS checks run in one subtransaction; if any fails, each group runs in its own, so a
+    /// failing policy hides the change from its own group only.
+    fn check_groups(
+        &self,
+        groups: &[&[Match]],
+        rows: &BTreeMap<i64, (Value, Option<Value>)>,
+        snapshot: pg_sys::Snapshot,
+    ) -> Vec<(HashSet<i64>, Option<&'static str>)> {
+        let plans: Vec<Check> = groups.iter().map(|g| self.plan_check(g, rows)).collect();
+        let run_all = || plans.iter().map(|c| self.run_check(c, snapshot)).collect::<Vec<_>>();
+        let any_query = plans.iter().any(|c| c.query.is_some());
+        if !any_query {
+            return run_all();
+        }
+        in_subtransaction(run_all).unwrap_or_else(|_| {
+            plans
+                .iter()
+                .map(|check| {
+                    in_subtransaction(|| self.run_check(check, snapshot)).unwrap_or_else(|err| {
+                        pgrx::warning!(
+                            "pg_realtime: the policies of {} failed for role {} ({err}); change not delivered to it",
+                            self.entity_sql,
+                            check.role
+                        );
+                        (HashSet::new(), None)
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// What checking one group takes: its error (no primary key, primary key not selectable),
+    /// or the RLS query to run for its rows.
+    fn plan_check(&self, group: &[Match], rows: &BTreeMap<i64, (Value, Option<Value>)>) -> Check {
+        let first = &group[0];
+        let mut ords: Vec<i64> = group.iter().map(|m| m.ord).collect();
+        ords.dedup();
+        let mut check = Check {
+            role: first.role.clone(),
+            claims: first.claims.clone(),
+            ords,
+            error: None,
+            query: None,
+        };
+        let columns = match self.columns_for(&first.role) {
+            Ok(columns) => columns,
+            Err(err) => {
+                pgrx::warning!("pg_realtime: columns of {} for role {}: {err}", self.entity_sql, first.role);
+                check.ords.clear();
+                return check;
+            }
+        };
+        let pk: Vec<&Column> = columns.iter().filter(|c| c.is_pk).collect();
+        if pk.is_empty() {
+            check.error = Some("Error 400: Bad Request, no primary key");
+        } else if pk.iter().any(|c| c.type_name.is_empty()) {
+            check.error = Some("Error 401: Unauthorized");
+        } else if self.rls {
+            let args = self.args_for(&check.ords, rows);
+            let condition = pk
+                .iter()
+                .map(|c| format!("t.{0} = (jsonb_populate_record(null::{1}, r.rec)).{0}", c.quoted, self.entity_sql))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            let sql = format!(
+                "select r.ord from unnest($1::int8[], $2::jsonb[]) r(ord, rec)
+                  where exists (select 1 from {} t where {condition})",
+                self.entity_sql
+            );
+            check.query = Some((sql, args));
+        }
+        check
+    }
+
+    /// Run one group's check: as its role, with its claims set, against `snapshot`.
+    fn run_check(&self, check: &Check, snapshot: pg_sys::Snapshot) -> (HashSet<i64>, Option<&'static str>) {
+        let all = || check.ords.iter().copied().collect::<HashSet<i64>>();
+        let Some((sql, args)) = &check.query else {
+            return (all(), check.error);
+        };
+        let Some(role) = role_oid(&check.role) else { return (HashSet::new(), None) };
+        let claims: Value = serde_json::from_str(&check.claims).unwrap_or(Value::Null);
+        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default();
+        let claim_role = claims.get("role").and_then(Value::as_str).unwrap_or_default();
+        let nest = unsafe { pg_sys::NewGUCNestLevel() };
+        set_local("request.jwt.claims", &check.claims);
+        set_local("request.jwt.claim.sub", sub);
+        set_local("request.jwt.claim.role", claim_role);
+        let visible = as_user(role, || query_ords(sql, *args, snapshot));
+        unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+        (visible, None)
+    }
+
+    /// The check's arguments for `ords`, converted once per statement: groups without filters
+    /// all check the same rows.
+    fn args_for(&self, ords: &[i64], rows: &BTreeMap<i64, (Value, Option<Value>)>) -> [pg_sys::Datum; 2] {
+        if let Some(args) = self.args.borrow().get(ords) {
+            return *args;
+        }
+        let images: Vec<JsonB> = ords
+            .iter()
+            .map(|ord| {
+                let (rec, old) = &rows[ord];
+                JsonB(if self.action == Action::Delete { old.clone().unwrap_or(Value::Null) } else { rec.clone() })
+            })
+            .collect();
+        let null = pg_sys::Datum::from(0);
+        let args = [ords.to_vec().into_datum().unwrap_or(null), images.into_datum().unwrap_or(null)];
+        self.args.borrow_mut().insert(ords.to_vec(), args);
+        args
     }
 
     fn columns_for(&self, role: &str) -> Result<std::rc::Rc<Vec<Column>>, pgrx::spi::Error> {
@@ -383,56 +504,6 @@ impl Change {
                 });
             }
             Ok(columns)
-        })
-    }
-
-    /// The rows of `ords` that `m`'s role, with `m`'s claims, may see: one query, run as that
-    /// role in a subtransaction. Any error hides the rows.
-    fn visible_rows(
-        &self,
-        m: &Match,
-        pk: &[&Column],
-        ords: &[i64],
-        rows: &BTreeMap<i64, (Value, Option<Value>)>,
-    ) -> HashSet<i64> {
-        let Some(role) = role_oid(&m.role) else { return HashSet::new() };
-        let images: Vec<JsonB> = ords
-            .iter()
-            .map(|ord| {
-                let (rec, old) = &rows[ord];
-                JsonB(if self.action == Action::Delete { old.clone().unwrap_or(Value::Null) } else { rec.clone() })
-            })
-            .collect();
-        let condition = pk
-            .iter()
-            .map(|c| format!("t.{0} = (jsonb_populate_record(null::{1}, r.rec)).{0}", c.quoted, self.entity_sql))
-            .collect::<Vec<_>>()
-            .join(" and ");
-        let sql = format!(
-            "select r.ord from unnest($1::int8[], $2::jsonb[]) r(ord, rec)
-              where exists (select 1 from {} t where {condition})",
-            self.entity_sql
-        );
-        let snapshot = if self.action == Action::Delete { self.before } else { std::ptr::null_mut() };
-        let claims: Value = serde_json::from_str(&m.claims).unwrap_or(Value::Null);
-        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let claim_role = claims.get("role").and_then(Value::as_str).unwrap_or_default().to_owned();
-        in_subtransaction(|| {
-            let nest = unsafe { pg_sys::NewGUCNestLevel() };
-            set_local("request.jwt.claims", &m.claims);
-            set_local("request.jwt.claim.sub", &sub);
-            set_local("request.jwt.claim.role", &claim_role);
-            let visible = as_user(role, || query_ords(&sql, ords, images, snapshot));
-            unsafe { pg_sys::AtEOXact_GUC(true, nest) };
-            visible
-        })
-        .unwrap_or_else(|err| {
-            pgrx::warning!(
-                "pg_realtime: the policies of {} failed for role {} ({err}); change not delivered to it",
-                self.entity_sql,
-                m.role
-            );
-            HashSet::new()
         })
     }
 
@@ -513,9 +584,8 @@ fn set_local(name: &str, value: &str) {
     }
 }
 
-/// `sql` over ($1 ords, $2 row images) with `snapshot` (null: a fresh one, taken after the
-/// statement's changes); the ords it returns.
-fn query_ords(sql: &str, ords: &[i64], images: Vec<JsonB>, snapshot: pg_sys::Snapshot) -> HashSet<i64> {
+/// `sql` over `values` ($1 ords, $2 row images) with `snapshot`; the ords it returns.
+fn query_ords(sql: &str, mut values: [pg_sys::Datum; 2], snapshot: pg_sys::Snapshot) -> HashSet<i64> {
     let mut visible = HashSet::new();
     unsafe {
         pg_sys::SPI_connect();
@@ -535,10 +605,6 @@ fn query_ords(sql: &str, ords: &[i64], images: Vec<JsonB>, snapshot: pg_sys::Sna
                 plan
             }
         };
-        let mut values = [
-            ords.to_vec().into_datum().unwrap_or(pg_sys::Datum::from(0)),
-            images.into_datum().unwrap_or(pg_sys::Datum::from(0)),
-        ];
         let mut nulls = [b' ' as std::ffi::c_char, b' ' as std::ffi::c_char];
         let rc = pg_sys::SPI_execute_snapshot(
             plan,
@@ -546,9 +612,7 @@ fn query_ords(sql: &str, ords: &[i64], images: Vec<JsonB>, snapshot: pg_sys::Sna
             nulls.as_mut_ptr(),
             snapshot,
             std::ptr::null_mut(),
-            // Without a snapshot: read-write, so that SPI takes a fresh one that sees the
-            // statement's own changes.
-            !snapshot.is_null(),
+            true,
             false,
             0,
         );
