@@ -10,14 +10,18 @@
 #   5. client broadcast round trip: 1,000 clients in rooms of 10, 2 msgs/s each, sidecar vs relay;
 #   6. client broadcast fan-out to 1 room x 1,000 subscribers: max throughput, sidecar vs relay;
 #   2. writer throughput with pgbench (INSERT vs INSERT + realtime.broadcast vs INSERT + pg_notify),
+#   7. writer throughput with pgbench into a table captured for Postgres Changes (no subscribers) vs
+#      the same table without capture,
 #   4. private-channel joins/s with an RLS membership policy evaluated on each join, vs public joins,
+#   8. Postgres Changes to 1,000 subscribers, one user each: max deliveries/s RLS-checked vs RLS
+#      disabled (no filter), and max changes/s with an owner filter (1,000 vs 100 subscribers),
 # writes bench/report/report.json and bench/report/report.md, and tears everything down.
 # Exit status: 0 when the run completed (whether or not the targets were met: misses are reported),
 # non-zero when the run itself failed (build, start-up, a crashed component, a benchmark error).
 #
 # Knobs (environment): BENCH_PG_PORT, BENCH_SIDECAR_PORT, BENCH_RELAY_PORT (first port tried),
 # BENCH_SUBSCRIBERS (1000), BENCH_QUICK=1 (a short smoke run: 200 subscribers, 2,000 idle
-# connections, short steps).
+# connections, short steps, Postgres Changes with 200 and 20 subscribers).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -133,6 +137,8 @@ if [ "$QUICK" = 1 ]; then
   MEM_ARGS=(--rooms 200 --idle-secs 2 --rounds 1)
   RT_ARGS=(--clients 200 --step-secs 2 --rounds 1 --warmup-secs 1)
   PUSH_ARGS=(--subscribers "$SUBS" --step-secs 2 --max-steps 6 --search-budget-s 60)
+  CHANGES_ARGS=(--subscribers "$SUBS" --small $((SUBS / 10)) --step-secs 2 --fixed-secs 3 --max-steps 6
+    --search-budget-s 60)
 else
   FAN_ARGS=(--subscribers "$SUBS" --idle-count 100 --idle-interval-ms 50 --latency-rate 10 --latency-secs 10
     --step-secs 3 --start-rate 100 --p99-ms 100 --max-steps 14 --search-budget-s 200)
@@ -141,6 +147,8 @@ else
   MEM_ARGS=(--rooms 1000 --idle-secs 5 --rounds 2)
   RT_ARGS=(--clients 1000 --room-size 10 --rate 2 --step-secs 5 --rounds 2 --warmup-secs 2)
   PUSH_ARGS=(--subscribers "$SUBS" --step-secs 3 --start-rate 100 --p99-ms 100 --max-steps 14 --search-budget-s 200)
+  CHANGES_ARGS=(--subscribers "$SUBS" --small $((SUBS / 10)) --step-secs 3 --fixed-secs 5 --p99-ms 100 --max-steps 10
+    --search-budget-s 200)
 fi
 
 FAILED=0
@@ -185,10 +193,20 @@ log "writers: pgbench (sidecar connected and draining)"
   --scripts "$ROOT/bench" --out "$RAW/writers.json" "${WRITER_ARGS[@]}" || { log "writer run failed"; FAILED=1; }
 alive
 
+log "capture: pgbench into a table with realtime.enable (no subscribers) vs without, alternating"
+"$BIN/pg-realtime-bench" capture --host 127.0.0.1 --port "$PG_PORT" --pgbench "$PGBIN/pgbench" --sidecar-pid "$SIDECAR_PID" \
+  --scripts "$ROOT/bench" --out "$RAW/capture.json" "${WRITER_ARGS[@]}" || { log "capture writer run failed"; FAILED=1; }
+alive
+
 log "joins: private (RLS policy per join) vs public, alternating"
 "$BIN/pg-realtime-bench" joins --ws "$SIDECAR_WS" --dsn "$DSN" \
   --jwt-secret "$SECRET" --sidecar-pid "$SIDECAR_PID" --out "$RAW/joins.json" \
   --connections 50 --rooms 100 "${JOIN_ARGS[@]}" || { log "join run failed"; FAILED=1; }
+alive
+
+log "Postgres Changes: RLS-checked vs RLS disabled, unfiltered and owner-filtered, interleaved"
+"$BIN/pg-realtime-bench" changes --ws "$SIDECAR_WS" --dsn "$DSN" --jwt-secret "$SECRET" --sidecar-pid "$SIDECAR_PID" \
+  --out "$RAW/changes.json" "${CHANGES_ARGS[@]}" || { log "Postgres Changes run failed"; FAILED=1; }
 alive
 
 log "report"

@@ -111,42 +111,75 @@ pub struct Stamp {
     pub s: i64,
 }
 
-/// Reads the integer value of a top-level `"key"` in flat JSON text such as
-/// `{"n": 1, "s": 2, "t": 3}` (jsonb output) or `{"t" : 3, "n" : 1, "s" : 2}` (json_build_object).
-fn int_field(p: &[u8], key: u8) -> Option<i64> {
+/// The text right after `"key"` and its colon in flat JSON text such as `{"n": 1, "s": 2}`
+/// (jsonb output) or `{"t" : 3}` (json_build_object); occurrences of `"key"` as a value (no
+/// colon after it) are skipped.
+fn field<'a>(p: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let mut i = 0;
-    while i + 2 < p.len() {
-        if p[i] == b'"' && p[i + 1] == key && p[i + 2] == b'"' {
-            let mut j = i + 3;
-            while j < p.len() && (p[j] == b' ' || p[j] == b':') {
-                j += 1;
+    while i + key.len() + 2 <= p.len() {
+        if p[i] == b'"' && p[i + 1..].starts_with(key) && p[i + 1 + key.len()] == b'"' {
+            let rest = &p[i + 2 + key.len()..];
+            let blank = |c: &u8| *c == b' ';
+            let after_colon = rest
+                .iter()
+                .position(|c| !blank(c))
+                .filter(|&j| rest[j] == b':')
+                .map(|j| &rest[j + 1..]);
+            if let Some(v) = after_colon {
+                return Some(&v[v.iter().position(|c| !blank(c)).unwrap_or(v.len())..]);
             }
-            let neg = j < p.len() && p[j] == b'-';
-            if neg {
-                j += 1;
-            }
-            let d0 = j;
-            let mut v: i64 = 0;
-            while j < p.len() && p[j].is_ascii_digit() {
-                v = v.checked_mul(10)?.checked_add((p[j] - b'0') as i64)?;
-                j += 1;
-            }
-            if j == d0 {
-                return None;
-            }
-            return Some(if neg { -v } else { v });
         }
         i += 1;
     }
     None
 }
 
+/// An integer value: `-?[0-9]+`.
+fn int_field(p: &[u8], key: &[u8]) -> Option<i64> {
+    let v = field(p, key)?;
+    let (neg, digits) = match v.strip_prefix(b"-") {
+        Some(d) => (true, d),
+        None => (false, v),
+    };
+    let end = digits
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    if end == 0 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in &digits[..end] {
+        n = n.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+    }
+    Some(if neg { -n } else { n })
+}
+
+/// A string value without escapes (None for anything else, `null` included).
+fn str_field<'a>(p: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let v = field(p, key)?.strip_prefix(b"\"")?;
+    let end = v.iter().position(|&c| c == b'"' || c == b'\\')?;
+    (v[end] == b'"').then(|| &v[..end])
+}
+
 pub fn parse_stamp(payload: &[u8]) -> Option<Stamp> {
     Some(Stamp {
-        t: int_field(payload, b't')?,
-        n: int_field(payload, b'n')?,
-        s: int_field(payload, b's')?,
+        t: int_field(payload, b"t")?,
+        n: int_field(payload, b"n")?,
+        s: int_field(payload, b"s")?,
     })
+}
+
+/// The stamp of a `postgres_changes` frame, from the columns `ts_us`, `seq_no`, `step_no` of its
+/// `record`, and the record's `owner` when it is a string. The names occur nowhere else in the
+/// frame as keys (the `columns` list has them as values).
+pub fn parse_change(frame: &[u8]) -> Option<(Stamp, Option<&[u8]>)> {
+    let stamp = Stamp {
+        t: int_field(frame, b"ts_us")?,
+        n: int_field(frame, b"seq_no")?,
+        s: int_field(frame, b"step_no")?,
+    };
+    Some((stamp, str_field(frame, b"owner")))
 }
 
 #[cfg(test)]
@@ -232,5 +265,23 @@ mod tests {
         assert_eq!(parse_stamp(compact), Some(Stamp { t: 5, n: -1, s: 0 }));
         assert_eq!(parse_stamp(br#"{"t":5}"#), None);
         assert_eq!(parse_stamp(br#"{"t":"x","n":1,"s":1}"#), None);
+    }
+
+    #[test]
+    fn change_stamp_skips_column_names() {
+        let frame = br#"[null,null,"realtime:db","postgres_changes",{"ids":[3],"data":{"columns": [{"name": "ts_us", "type": "int8"}, {"name": "owner", "type": "text"}], "record": {"id": 9, "owner": "user-7", "seq_no": 41, "step_no": 2, "ts_us": 1712345678901234}, "type": "INSERT"}}]"#;
+        let (s, owner) = parse_change(frame).unwrap();
+        assert_eq!(
+            s,
+            Stamp {
+                t: 1712345678901234,
+                n: 41,
+                s: 2
+            }
+        );
+        assert_eq!(owner, Some(&b"user-7"[..]));
+        let no_owner = br#"{"record": {"owner": null, "seq_no": 1, "step_no": 1, "ts_us": 5}}"#;
+        assert_eq!(parse_change(no_owner).unwrap().1, None);
+        assert!(parse_change(br#"[null,"2","phoenix","phx_reply",{"status":"ok"}]"#).is_none());
     }
 }

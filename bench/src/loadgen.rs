@@ -2,7 +2,7 @@
 //! producer (Postgres statements, or kind-3 pushes from joined WebSocket clients), and the three
 //! fan-out measurements (idle wake-up, fixed-rate latency, throughput search). Every loop is
 //! bounded in count and in time.
-use crate::frame::{decode_kind4, encode_kind3, parse_stamp};
+use crate::frame::{decode_kind4, encode_kind3, parse_stamp, Stamp};
 use crate::stats::{summarize, Summary};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -61,15 +61,19 @@ pub struct ClientState {
 
 impl ClientState {
     fn on_binary(&self, b: &[u8], topic: &[u8]) {
-        let now = now_us();
         let stamp = decode_kind4(b)
             .filter(|f| f.topic == topic)
             .and_then(|f| parse_stamp(f.payload));
+        match stamp {
+            Some(s) => self.record(s),
+            None => self.inner.lock().unwrap().bad_frames += 1,
+        }
+    }
+
+    /// Counts and times one delivery (duplicates of a sequence number only counted as such).
+    pub fn record(&self, s: Stamp) {
+        let now = now_us();
         let mut g = self.inner.lock().unwrap();
-        let Some(s) = stamp else {
-            g.bad_frames += 1;
-            return;
-        };
         if s.n >= 0 {
             let (w, bit) = ((s.n as u64 / 64) as usize, 1u64 << (s.n as u64 % 64));
             if g.seen.len() <= w {
@@ -88,7 +92,7 @@ impl ClientState {
     }
 
     /// Heartbeat replies are expected; any other text frame is counted and reported.
-    fn on_text(&self, s: &str) {
+    pub fn on_text(&self, s: &str) {
         if !(s.contains("\"phoenix\"") && s.contains("phx_reply")) {
             let mut g = self.inner.lock().unwrap();
             g.other_text += 1;
@@ -96,7 +100,13 @@ impl ClientState {
         }
     }
 
-    fn ended(&self, r: &Result<(), String>) {
+    /// The receiver is joined (and counted as a connect).
+    pub fn set_joined(&self) {
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        self.joined.store(true, Ordering::Release);
+    }
+
+    pub fn ended(&self, r: &Result<(), String>) {
         self.joined.store(false, Ordering::Release);
         if let Err(e) = r {
             self.disconnects.fetch_add(1, Ordering::Relaxed);
@@ -212,9 +222,9 @@ pub fn client_ws_config() -> WebSocketConfig {
 }
 
 /// Phoenix's client heartbeat period; servers close connections silent for 60 s.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(25);
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(25);
 
-fn heartbeat(r: u64) -> Message {
+pub fn heartbeat(r: u64) -> Message {
     Message::text(format!(r#"[null,"{r}","phoenix","heartbeat",{{}}]"#))
 }
 
@@ -272,8 +282,7 @@ async fn join(ws: &mut Ws, topic: &str, st: &ClientState) -> Result<(), String> 
                     && v.get(3).and_then(|e| e.as_str()) == Some("phx_reply")
                 {
                     if v[4]["status"] == "ok" {
-                        st.connects.fetch_add(1, Ordering::Relaxed);
-                        st.joined.store(true, Ordering::Release);
+                        st.set_joined();
                         return Ok(());
                     }
                     return Err(format!("join refused: {t}"));
@@ -329,6 +338,20 @@ async fn client_session(
     }
 }
 
+/// One connection attempt of client `i`: connect (holding one of the `permits` while
+/// connecting and joining), join, mark the state joined, then receive until stopped (Ok) or the
+/// connection fails (Err).
+pub type Session = Arc<
+    dyn Fn(
+            usize,
+            Arc<ClientState>,
+            watch::Receiver<bool>,
+            Arc<Semaphore>,
+        ) -> futures_util::future::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
+
 impl Clients {
     /// Starts `n` subscribers, client `i` joined to `topic_of(i)` from source address
     /// `sources[i % len]` (the system's choice when empty); each reconnects by itself after an
@@ -340,6 +363,22 @@ impl Clients {
         sources: &[IpAddr],
         wait: Duration,
     ) -> Result<Clients, String> {
+        let url = url.to_string();
+        let topics: Vec<String> = (0..n).map(topic_of).collect();
+        let sources = sources.to_vec();
+        let session: Session = Arc::new(move |i, st, mut stop, permits| {
+            let (url, topic) = (url.clone(), topics[i].clone());
+            let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+            Box::pin(
+                async move { client_session(&url, &topic, source, &st, &mut stop, &permits).await },
+            )
+        });
+        Clients::spawn(n, session, wait).await
+    }
+
+    /// Starts `n` clients running `session`, each again after an error (500 ms apart); waits up
+    /// to `wait` for all of them to be joined (and stops them when they are not).
+    pub async fn spawn(n: usize, session: Session, wait: Duration) -> Result<Clients, String> {
         let (stop, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(64));
         let mut states = Vec::with_capacity(n);
@@ -347,19 +386,14 @@ impl Clients {
         for i in 0..n {
             let st = Arc::new(ClientState::default());
             states.push(st.clone());
-            let (url, topic, mut stop_rx, permits) = (
-                url.to_string(),
-                topic_of(i),
-                stop_rx.clone(),
-                permits.clone(),
-            );
-            let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+            let (session, mut stop_rx, permits) =
+                (session.clone(), stop_rx.clone(), permits.clone());
             tasks.push(tokio::spawn(async move {
                 for _attempt in 0..1000 {
                     if *stop_rx.borrow() {
                         return;
                     }
-                    let r = client_session(&url, &topic, source, &st, &mut stop_rx, &permits).await;
+                    let r = session(i, st.clone(), stop_rx.clone(), permits.clone()).await;
                     st.ended(&r);
                     if r.is_ok() {
                         return;
@@ -376,7 +410,10 @@ impl Clients {
             stop,
             tasks,
         };
-        c.wait_joined(wait).await?;
+        if let Err(e) = c.wait_joined(wait).await {
+            c.shutdown().await;
+            return Err(e);
+        }
         Ok(c)
     }
 
@@ -503,7 +540,9 @@ impl Conn {
 pub struct Producer {
     rt: Option<tokio::runtime::Runtime>,
     conns: Vec<Conn>,
-    next_n: AtomicU64,
+    /// Sequence numbers (`n`), shared with the producers of the same receivers (see
+    /// `share_numbering`): a receiver's duplicate check keys on them.
+    next_n: Arc<AtomicU64>,
     /// The WebSocket connections' receiving halves, in connection order (empty for SQL).
     pub receivers: Vec<Arc<ClientState>>,
     stop: watch::Sender<bool>,
@@ -518,6 +557,10 @@ pub struct Produced {
     pub elapsed_s: f64,
     /// How far the producer fell behind its schedule at worst (ms).
     pub max_behind_ms: f64,
+    /// Time each successful send took: for SQL, the statement as the writer sees it (autocommit,
+    /// so including its commit).
+    #[serde(default)]
+    pub statement: Summary,
 }
 
 /// Drains what a producing WebSocket client receives (recorded in `st` when `record`), and
@@ -570,7 +613,7 @@ impl Producer {
         Ok(Producer {
             rt: Some(rt),
             conns: vec![],
-            next_n: AtomicU64::new(0),
+            next_n: Arc::new(AtomicU64::new(0)),
             receivers: vec![],
             stop: watch::channel(false).0,
             readers: vec![],
@@ -686,6 +729,12 @@ impl Producer {
         }
     }
 
+    /// Numbers this producer's messages in `other`'s sequence, for producers that send to the
+    /// same receivers.
+    pub fn share_numbering(&mut self, other: &Producer) {
+        self.next_n = other.next_n.clone();
+    }
+
     /// Sends `count` messages tagged with `step` at `rate` messages/s over the first `use_conns`
     /// connections (message i goes out at start + i/rate on connection i % use_conns).
     pub async fn run(&self, rate: f64, count: u64, step: i64, use_conns: usize) -> Produced {
@@ -698,6 +747,7 @@ impl Producer {
             let conn = self.conns[k].clone();
             handles.push(self.rt.as_ref().unwrap().spawn(async move {
                 let mut p = Produced::default();
+                let mut took_us = Vec::new();
                 let mut i = k as u64;
                 while i < count {
                     let due = start + Duration::from_secs_f64(i as f64 / rate);
@@ -708,8 +758,13 @@ impl Producer {
                     p.max_behind_ms = p.max_behind_ms.max(behind);
                     sleep_until(due).await;
                     let (t, n) = (now_us(), n0 + i as i64);
+                    let sent_at = Instant::now();
                     match timeout(Duration::from_secs(10), conn.send(t, n, step)).await {
-                        Ok(Ok(())) => p.sent += 1,
+                        Ok(Ok(())) => {
+                            p.sent += 1;
+                            took_us
+                                .push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        }
                         Ok(Err(e)) => {
                             p.errors += 1;
                             p.first_error.get_or_insert(e);
@@ -721,12 +776,14 @@ impl Producer {
                     }
                     i += use_conns as u64;
                 }
-                p
+                (p, took_us)
             }));
         }
         let mut total = Produced::default();
+        let mut took_us = Vec::new();
         for h in handles {
-            let p = h.await.unwrap_or_default();
+            let (p, mut took) = h.await.unwrap_or_default();
+            took_us.append(&mut took);
             total.sent += p.sent;
             total.errors += p.errors;
             total.max_behind_ms = total.max_behind_ms.max(p.max_behind_ms);
@@ -735,6 +792,7 @@ impl Producer {
             }
         }
         total.elapsed_s = (t0.elapsed().as_secs_f64() - 0.02).max(1e-3);
+        total.statement = summarize(took_us);
         total
     }
 }
@@ -1052,22 +1110,33 @@ pub struct FanoutOpts {
 /// Throughput search state of one target: double from the start rate until a step fails, then
 /// bisect until the bracket is within 10%. A step that missed only the p99 limit, and by at most
 /// 50%, is re-run once (noise from other work on the shared machine); a clear overload is not.
-struct Search {
+pub struct Search {
     lo: Option<f64>,
     hi: Option<f64>,
     rate: f64,
-    retry: bool,
-    steps_run: usize,
-    done: bool,
-    note: String,
+    limits: SearchLimits,
+    /// The next step re-runs a marginal miss.
+    pub retry: bool,
+    pub steps_run: usize,
+    pub done: bool,
+    /// Why the search ended, unless it converged.
+    pub note: String,
+}
+
+#[derive(Clone, Copy)]
+pub struct SearchLimits {
+    pub max_rate: f64,
+    pub p99_limit_us: u64,
+    pub max_steps: usize,
 }
 
 impl Search {
-    fn new(start: f64) -> Search {
+    pub fn new(start: f64, limits: SearchLimits) -> Search {
         Search {
             lo: None,
             hi: None,
             rate: start,
+            limits,
             retry: false,
             steps_run: 0,
             done: false,
@@ -1076,7 +1145,8 @@ impl Search {
     }
 
     /// The next rate to try, or None when the search is over.
-    fn next(&mut self, o: &FanoutOpts) -> Option<f64> {
+    pub fn next(&mut self) -> Option<f64> {
+        let o = self.limits;
         if self.done {
             return None;
         }
@@ -1101,7 +1171,8 @@ impl Search {
         None
     }
 
-    fn record(&mut self, r: &StepResult, o: &FanoutOpts) {
+    pub fn record(&mut self, r: &StepResult) {
+        let o = self.limits;
         self.steps_run += 1;
         let marginal = !r.pass
             && r.lost == 0
@@ -1184,7 +1255,14 @@ pub async fn fanout(targets: &[TargetSpec], o: &FanoutOpts) -> Vec<FanoutResult>
             },
             producer: None,
             clients: None,
-            search: Search::new(o.start_rate),
+            search: Search::new(
+                o.start_rate,
+                SearchLimits {
+                    max_rate: o.max_rate,
+                    p99_limit_us: o.p99_limit_us,
+                    max_steps: o.max_steps,
+                },
+            ),
         })
         .collect();
     let mut next_step: i64 = 0;
@@ -1315,7 +1393,7 @@ pub async fn fanout(targets: &[TargetSpec], o: &FanoutOpts) -> Vec<FanoutResult>
                 }
                 continue;
             }
-            let Some(rate) = l.search.next(o) else {
+            let Some(rate) = l.search.next() else {
                 continue;
             };
             any = true;
@@ -1340,7 +1418,7 @@ pub async fn fanout(targets: &[TargetSpec], o: &FanoutOpts) -> Vec<FanoutResult>
             };
             eprint!("{}:", l.spec.name);
             let (r, _) = b.step(next_step, &spec).await;
-            l.search.record(&r, o);
+            l.search.record(&r);
             if r.pass
                 && l.res
                     .best

@@ -16,10 +16,21 @@
 //!           (server RSS per idle joined connection; clients bound to 127.0.0.2 .. 127.0.0.(1 + sources))
 //!   writers --host H --port P --pgbench PATH --scripts DIR --out FILE
 //!           [--user postgres --db postgres --seconds 8 --rounds 2 --clients 16 --threads 2 --settle-ms 1500]
+//!   capture --host H --port P --pgbench PATH --scripts DIR --out FILE [same options as writers]
+//!           (one-row INSERTs into a table captured for Postgres Changes, no subscribers, vs the same
+//!            table shape without capture, alternating)
+//!   changes --ws ws://127.0.0.1:P/realtime/v1/websocket --dsn DSN --jwt-secret S --out FILE
+//!           [--sidecar-pid PID --subscribers 1000 --small 100 --producers 8 --prefill 10000 --sources 4
+//!            --step-secs 3 --fixed-secs 5 --p99-ms 100 --max-steps 10 --search-budget-s 200
+//!            --all-start-rate 5 --all-max-rate 400 --owned-start-rate 100 --owned-max-rate 12800]
+//!           (Postgres Changes to one user per connection: RLS-checked vs RLS disabled, unfiltered
+//!            and with an owner filter; searches interleaved per group)
 //!   joins   --ws ws://127.0.0.1:P/realtime/v1/websocket --dsn DSN --jwt-secret S --out FILE
 //!           [--sidecar-pid PID --connections 50 --rooms 100 --step-secs 5 --rounds 2 --warmup-secs 1]
 //!           (private joins with a per-user RLS policy vs public joins, alternating)
 //!   report  --raw DIR --out DIR      (exit 0 when the run completed, 3 when a part of it failed)
+mod capture;
+mod changes;
 mod frame;
 mod joins;
 mod jwt;
@@ -101,7 +112,8 @@ fn main() {
     let argv: Vec<String> = std::env::args().collect();
     let code = match argv.get(1).map(|s| s.as_str()) {
         Some(
-            cmd @ ("relay" | "fanout" | "roundtrip" | "memory" | "writers" | "joins" | "report"),
+            cmd @ ("relay" | "fanout" | "roundtrip" | "memory" | "writers" | "capture" | "changes"
+            | "joins" | "report"),
         ) => match Args::parse(&argv[2..]).and_then(|a| run(cmd, a)) {
             Ok(code) => code,
             Err(e) => {
@@ -110,7 +122,7 @@ fn main() {
             }
         },
         _ => {
-            eprintln!("usage: pg-realtime-bench relay|fanout|roundtrip|memory|writers|joins|report --key value ... (see src/main.rs)");
+            eprintln!("usage: pg-realtime-bench relay|fanout|roundtrip|memory|writers|capture|changes|joins|report --key value ... (see src/main.rs)");
             2
         }
     };
@@ -222,7 +234,7 @@ fn run(cmd: &str, a: Args) -> Result<i32, String> {
             write_json(&out, &r)?;
             Ok(if r.error.is_some() { 3 } else { 0 })
         }
-        "writers" => {
+        "writers" | "capture" => {
             let o = writers::WritersOpts {
                 pgbench: a.str("pgbench", "/usr/lib/postgresql/15/bin/pgbench"),
                 host: a.str("host", "127.0.0.1"),
@@ -239,7 +251,40 @@ fn run(cmd: &str, a: Args) -> Result<i32, String> {
                 sidecar_pid: a.pid("sidecar-pid"),
             };
             let out = a.req("out")?;
-            let r = runtime()?.block_on(writers::run(&o));
+            let r = if cmd == "writers" {
+                runtime()?.block_on(writers::run(&o))
+            } else {
+                runtime()?.block_on(capture::run(&o))
+            };
+            write_json(&out, &r)?;
+            Ok(if r.error.is_some() { 3 } else { 0 })
+        }
+        "changes" => {
+            let sources: u8 = a.get("sources", 4)?;
+            let o = changes::ChangesOpts {
+                url: a.req("ws")?,
+                dsn: a.req("dsn")?,
+                jwt_secret: a.req("jwt-secret")?,
+                subscribers: a.get("subscribers", 1000)?,
+                small: a.get("small", 100)?,
+                producers: a.get("producers", 8)?,
+                prefill: a.get("prefill", 10_000)?,
+                sources: (0..sources)
+                    .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i)))
+                    .collect(),
+                step_secs: a.get("step-secs", 3.0)?,
+                fixed_secs: a.get("fixed-secs", 5.0)?,
+                p99_limit_us: a.get::<u64>("p99-ms", 100)? * 1000,
+                max_steps: a.get("max-steps", 10)?,
+                search_budget: Duration::from_secs(a.get("search-budget-s", 200)?),
+                all_start_rate: a.get("all-start-rate", 5.0)?,
+                all_max_rate: a.get("all-max-rate", 400.0)?,
+                owned_start_rate: a.get("owned-start-rate", 100.0)?,
+                owned_max_rate: a.get("owned-max-rate", 12800.0)?,
+                sidecar_pid: a.pid("sidecar-pid"),
+            };
+            let out = a.req("out")?;
+            let r = runtime()?.block_on(changes::run(&o));
             write_json(&out, &r)?;
             Ok(if r.error.is_some() { 3 } else { 0 })
         }

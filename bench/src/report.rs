@@ -1,4 +1,5 @@
 //! Assembles bench/report/report.json and report.md from the raw results of one run.
+use crate::changes::{ChangesResult, SubjectResult};
 use crate::joins::{JoinTotals, JoinsResult};
 use crate::loadgen::{FanoutResult, StepResult};
 use crate::memory::MemoryResult;
@@ -166,6 +167,35 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
     if let Some(e) = writers.as_ref().and_then(|w| w.error.clone()) {
         problems.push(format!("writer benchmark failed: {e}"));
     }
+    let capture: Option<WritersResult> = match read(&raw.join("capture.json")) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            problems.push(format!("capture writer results missing: {e}"));
+            None
+        }
+    };
+    if let Some(e) = capture.as_ref().and_then(|w| w.error.clone()) {
+        problems.push(format!("capture writer benchmark failed: {e}"));
+    }
+    let changes: Option<ChangesResult> = match read(&raw.join("changes.json")) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems.push(format!("Postgres Changes results missing: {e}"));
+            None
+        }
+    };
+    if let Some(c) = &changes {
+        if let Some(e) = &c.error {
+            problems.push(format!("Postgres Changes benchmark failed: {e}"));
+        }
+        let k = &c.client_counters;
+        if k.dups > 0 || k.bad_frames > 0 {
+            problems.push(format!(
+                "Postgres Changes subscribers got {} duplicate and {} unparsable changes",
+                k.dups, k.bad_frames
+            ));
+        }
+    }
     let joins: Option<JoinsResult> = match read(&raw.join("joins.json")) {
         Ok(j) => Some(j),
         Err(e) => {
@@ -326,13 +356,7 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
 
     // 2. Writers.
     if let Some(w) = &writers {
-        let best = |shape: &str, variant: &str| {
-            w.runs
-                .iter()
-                .filter(|r| r.shape == shape && r.variant == variant)
-                .filter_map(|r| r.tps)
-                .fold(None, |a: Option<f64>, t| Some(a.map_or(t, |a| a.max(t))))
-        };
+        let best = |shape: &str, variant: &str| best_tps(w, shape, variant);
         for (shape, title) in [
             ("one_statement", "one-statement INSERT"),
             (
@@ -403,6 +427,13 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
                 problems.push(format!("pgbench {} round {}: {e}", r.script, r.round));
             }
         }
+    }
+
+    if let Some(w) = &capture {
+        capture_figures(&mut figs, w, &mut problems);
+    }
+    if let Some(c) = &changes {
+        changes_figures(&mut figs, c);
     }
 
     // 4. Private-channel joins.
@@ -649,7 +680,8 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         "targets_met": missed.is_empty(),
         "targets_missed": missed.iter().map(|f| f.id.clone()).collect::<Vec<_>>(),
         "figures": figs,
-        "details": {"fanout": {"sidecar": side, "relay": relay}, "writers": writers, "joins": joins,
+        "details": {"fanout": {"sidecar": side, "relay": relay}, "writers": writers, "capture": capture,
+                    "changes": changes, "joins": joins,
                     "client_roundtrip": roundtrip, "client_fanout": {"sidecar": push_side, "relay": push_relay},
                     "memory": memory},
     });
@@ -659,6 +691,8 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         push_side,
         push_relay,
         writers,
+        capture,
+        changes,
         joins,
         roundtrip,
         memory,
@@ -689,6 +723,8 @@ struct Raw {
     push_side: Option<FanoutResult>,
     push_relay: Option<FanoutResult>,
     writers: Option<WritersResult>,
+    capture: Option<WritersResult>,
+    changes: Option<ChangesResult>,
     joins: Option<JoinsResult>,
     roundtrip: Option<RoundTripResult>,
     memory: Option<MemoryResult>,
@@ -793,26 +829,20 @@ fn markdown(report: &Value, figs: &[Figure], raw: &Raw) -> String {
     }
     if let Some(w) = &raw.writers {
         m.push_str(&format!(
-            "## Writer details\n\npgbench -c {} -j {} -T {}, simple protocol (`-M prepared` for the prepared shape), {} rounds (best tps per script), UNLOGGED `bench_t`; the pg_realtime sidecar was connected and draining the queue during every run (no subscribers on topic `w`), and a LISTEN connection received every NOTIFY of the pg_notify runs.\n\n| Script | round | tps | latency avg ms | sidecar CPU (cores) |\n|---|---|---|---|---|\n",
+            "## Writer details\n\npgbench -c {} -j {} -T {}, simple protocol (`-M prepared` for the prepared shape), {} rounds (best tps per script), UNLOGGED `bench_t`; the pg_realtime sidecar was connected and draining the queue during every run (no subscribers on topic `w`), and a LISTEN connection received every NOTIFY of the pg_notify runs.\n\n",
             w.params["clients"], w.params["threads"], w.params["seconds_per_run"], w.params["rounds"]
         ));
-        for r in &w.runs {
-            m.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
-                r.script,
-                r.round,
-                r.tps
-                    .map(|t| format!("{t:.0}"))
-                    .unwrap_or_else(|| "error".into()),
-                r.latency_avg_ms
-                    .map(|t| format!("{t:.3}"))
-                    .unwrap_or_default(),
-                r.sidecar_cores
-                    .map(|c| format!("{c:.2}"))
-                    .unwrap_or_default()
-            ));
-        }
-        m.push('\n');
+        pgbench_runs(&mut m, w);
+    }
+    if let Some(w) = &raw.capture {
+        m.push_str(&format!(
+            "## Capture writer details\n\npgbench -c {} -j {} -T {}, one-row `INSERT INTO <table>(v) VALUES (1)` per transaction, {} rounds (best tps per script, order alternating per round): `bench_cap` has `realtime.enable` (three statement-level AFTER triggers with transition tables), `bench_nocap` (the baseline) has the same shape without them; both UNLOGGED, truncated before each run, nobody subscribed (the trigger returns after its subscribed-tables check). The sidecar was connected and draining the queue.\n\n",
+            w.params["clients"], w.params["threads"], w.params["seconds_per_run"], w.params["rounds"]
+        ));
+        pgbench_runs(&mut m, w);
+    }
+    if let Some(c) = &raw.changes {
+        changes_details(&mut m, c);
     }
     if let Some(j) = &raw.joins {
         let p = &j.params;
@@ -903,6 +933,317 @@ fn fanout_details(m: &mut String, name: &str, r: &FanoutResult) {
             "\nClient anomalies: {} disconnects (last error {:?}), {} duplicates, {} unparsable frames, {} unexpected text frames (last {:?}).\n",
             c.disconnects, c.last_error, c.dups, c.bad_frames, c.other_text, c.last_other_text
         ));
+    }
+    m.push('\n');
+}
+
+fn best_tps(w: &WritersResult, shape: &str, variant: &str) -> Option<f64> {
+    w.runs
+        .iter()
+        .filter(|r| r.shape == shape && r.variant == variant)
+        .filter_map(|r| r.tps)
+        .reduce(f64::max)
+}
+
+fn pgbench_runs(m: &mut String, w: &WritersResult) {
+    m.push_str("| Script | shape | round | tps | latency avg ms | sidecar CPU (cores) |\n|---|---|---|---|---|---|\n");
+    for r in &w.runs {
+        m.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.script,
+            r.shape,
+            r.round,
+            r.tps
+                .map(|t| format!("{t:.0}"))
+                .unwrap_or_else(|| "error".into()),
+            r.latency_avg_ms
+                .map(|t| format!("{t:.3}"))
+                .unwrap_or_default(),
+            r.sidecar_cores
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_default()
+        ));
+    }
+    m.push('\n');
+}
+
+fn capture_figures(figs: &mut Vec<Figure>, w: &WritersResult, problems: &mut Vec<String>) {
+    for (shape, title, kind, target) in [
+        ("one_statement", "one-row INSERT", "ratio_min", Some(0.9)),
+        (
+            "one_statement_prepared",
+            "one-row INSERT, prepared (-M prepared)",
+            "reference",
+            None,
+        ),
+    ] {
+        let plain = best_tps(w, shape, "plain");
+        let mut f = fig(
+            &format!("writer_capture_{shape}"),
+            &format!("Writer tps, {title} into a table with realtime.enable, 0 subscribers"),
+            "tps",
+            best_tps(w, shape, "capture"),
+            plain,
+            "same table shape without capture",
+            kind,
+            target,
+            json!({"shape": shape, "pgbench": w.params, "plain_tps": plain}),
+        );
+        if kind == "reference" {
+            f.note =
+                Some("a cheaper statement, so the trigger's fixed cost is a larger share".into());
+        }
+        figs.push(f);
+    }
+    for r in &w.runs {
+        if let Some(e) = &r.error {
+            problems.push(format!(
+                "pgbench {} ({}) round {}: {e}",
+                r.script, r.shape, r.round
+            ));
+        }
+    }
+}
+
+/// Postgres CPU per delivery of a step, in microseconds.
+fn pg_us_per_delivery(s: &StepResult) -> Option<f64> {
+    s.postgres_cpu_s
+        .filter(|_| s.expected_deliveries > 0)
+        .map(|c| c * 1e6 / s.expected_deliveries as f64)
+}
+
+fn changes_figures(figs: &mut Vec<Figure>, c: &ChangesResult) {
+    let subject = |n: &str| c.subject(n);
+    let best = |n: &str| subject(n).and_then(|s| s.best.as_ref());
+    let fixed = |n: &str| subject(n).and_then(|s| s.fixed.as_ref());
+    let note = |n: &str| {
+        subject(n)
+            .map(|s| {
+                format!(
+                    "{n}: {}",
+                    if s.search_note.is_empty() {
+                        "search converged"
+                    } else {
+                        &s.search_note
+                    }
+                )
+            })
+            .unwrap_or_default()
+    };
+    let (n, small) = (&c.params["subscribers"], &c.params["small_subscribers"]);
+    let params = |names: &[&str]| {
+        json!({"subscribers": n, "small_subscribers": small, "prefill_rows_per_table": c.params["prefill_rows_per_table"],
+               "producer_connections": c.params["producer_connections"], "step_seconds": c.params["step_seconds"],
+               "policies": names.iter().map(|s| (s.to_string(), subject(s).and_then(|x| x.policy.clone()).into())).collect::<serde_json::Map<_, _>>(),
+               "best_inserts_per_s": names.iter().map(|s| (s.to_string(), best(s).map(|b| b.target_rate).into())).collect::<serde_json::Map<_, _>>()})
+    };
+    let all = ["rls", "open"];
+    let mut f = fig(
+        "changes_rls_deliveries",
+        &format!("Postgres Changes to {n} subscribers, one user each, no filter, RLS policy per user: max deliveries/s with p99 <= 100 ms, no loss"),
+        "deliveries/s",
+        best("rls").map(|b| b.deliveries_per_s),
+        best("open").map(|b| b.deliveries_per_s),
+        "same subscribers, twin table with RLS disabled",
+        "min",
+        Some(50000.0),
+        params(&all),
+    );
+    f.note = Some(format!(
+        "reference: Supabase's estimator tops out at ~3-4k RLS-checked deliveries/s; {}; {}",
+        note("rls"),
+        note("open")
+    ));
+    figs.push(f);
+    let rate = fixed("rls").map_or(0.0, |s| s.target_rate);
+    let at = format!("at the same load, {rate:.0} inserts/s x {n} deliveries each");
+    let statement = |s: Option<&StepResult>, f: fn(&StepResult) -> u64| {
+        s.filter(|s| s.produced.statement.samples > 0)
+            .map(|s| ms(f(s)))
+    };
+    let mut f = fig(
+        "changes_rls_writer_p99",
+        &format!("Writer INSERT latency p99 {at}"),
+        "ms",
+        statement(fixed("rls"), |s| s.produced.statement.p99_us),
+        statement(fixed("open"), |s| s.produced.statement.p99_us),
+        "same load, RLS disabled",
+        "reference",
+        None,
+        params(&all),
+    );
+    f.note = Some("autocommit INSERT timed by the producer: the routing, one RLS query per subscriber's claims, runs in it before the commit".into());
+    figs.push(f);
+    figs.push(fig(
+        "changes_rls_latency_p99",
+        &format!("Insert-to-client latency p99 {at}"),
+        "ms",
+        fixed("rls").map(|s| ms(s.latency.p99_us)),
+        fixed("open").map(|s| ms(s.latency.p99_us)),
+        "same load, RLS disabled",
+        "reference",
+        None,
+        params(&all),
+    ));
+    figs.push(fig(
+        "changes_rls_postgres_cpu",
+        &format!("Postgres CPU per delivery {at}"),
+        "us",
+        fixed("rls").and_then(pg_us_per_delivery),
+        fixed("open").and_then(pg_us_per_delivery),
+        "same load, RLS disabled",
+        "reference",
+        None,
+        params(&all),
+    ));
+
+    let owned = ["rls_owned", "open_owned", "rls_owned_small"];
+    let mut f = fig(
+        "changes_selective_rate",
+        &format!("Postgres Changes, owner-only policy, {n} subscribers each filtered owner=eq.<own id>, random owners (1 delivery per change): max changes/s with p99 <= 100 ms, no loss"),
+        "changes/s",
+        best("rls_owned").map(|b| b.deliveries_per_s),
+        best("open_owned").map(|b| b.deliveries_per_s),
+        "same subscribers and filters, twin table with RLS disabled",
+        "reference",
+        None,
+        params(&owned),
+    );
+    f.note = Some(format!(
+        "no target set; {}; {}",
+        note("rls_owned"),
+        note("open_owned")
+    ));
+    figs.push(f);
+    let ratio_if_per_subscription = small.as_f64().zip(n.as_f64()).map_or(0.0, |(s, n)| s / n);
+    let mut f = fig(
+        "changes_selective_scaling",
+        &format!("Same, {n} subscribers vs {small}: max changes/s"),
+        "changes/s",
+        best("rls_owned").map(|b| b.deliveries_per_s),
+        best("rls_owned_small").map(|b| b.deliveries_per_s),
+        &format!("{small} subscribers (users 0..{small}), same policy and filters"),
+        "reference",
+        None,
+        params(&owned),
+    );
+    f.note = Some(format!(
+        "a change costs work only for the subscriptions whose indexed eq filter matches it: if it cost work per subscription, this ratio would be ~{ratio_if_per_subscription:.2}x; {}",
+        note("rls_owned_small")
+    ));
+    figs.push(f);
+    let owned_rate = fixed("rls_owned").map_or(0.0, |s| s.target_rate);
+    figs.push(fig(
+        "changes_selective_writer_p50",
+        &format!(
+            "Writer INSERT latency p50 at {owned_rate:.0} changes/s, {n} subscribers vs {small}"
+        ),
+        "ms",
+        statement(fixed("rls_owned"), |s| s.produced.statement.p50_us),
+        statement(fixed("rls_owned_small"), |s| s.produced.statement.p50_us),
+        &format!("{small} subscribers"),
+        "reference",
+        None,
+        params(&owned),
+    ));
+
+    let mut f = fig(
+        "changes_leaks",
+        "Changes delivered to a subscriber its policy or filter excludes (another user's row; any row to a non-member)",
+        "deliveries",
+        Some((c.foreign_deliveries + c.outsider_deliveries) as f64),
+        None,
+        "none",
+        "max",
+        Some(0.0),
+        json!({"foreign_owner": c.foreign_deliveries, "to_non_member": c.outsider_deliveries}),
+    );
+    f.note = c.last_leak.clone();
+    figs.push(f);
+    let steps = || {
+        c.subjects
+            .iter()
+            .flat_map(|s| s.steps.iter().chain(s.fixed.iter()))
+    };
+    let lost: u64 = steps().map(|s| s.lost).sum();
+    let mut f = fig(
+        "changes_lost",
+        "Changes never delivered (all steps, overloaded ones included, after up to 20 s for stragglers)",
+        "deliveries",
+        Some(lost as f64),
+        None,
+        "none",
+        "reference",
+        None,
+        json!({"expected": steps().map(|s| s.expected_deliveries).sum::<u64>(), "receiver_disconnects": c.client_counters.disconnects,
+               "duplicates": c.client_counters.dups}),
+    );
+    f.note = Some(format!(
+        "{} receiver disconnects, {} duplicates; a delivery lost without a disconnect is a product bug",
+        c.client_counters.disconnects, c.client_counters.dups
+    ));
+    figs.push(f);
+}
+
+fn changes_details(m: &mut String, c: &ChangesResult) {
+    let p = &c.params;
+    m.push_str(&format!(
+        "## Postgres Changes details\n\n{} WebSocket clients, one per user (JWT role `authenticated`, `sub` = `user-<i>`), each joined one channel `realtime:db` with a `postgres_changes` binding (event `*`) on every table below ({} of them also on the `rls_owned_small` table); plus one outsider (`user-outsider`, no membership) bound to the `rls` table. All subscribed (`Subscribed to PostgreSQL`) in {:.1} s. Tables: {}, {} analyzed rows each before the run. {} producer connections; {}. Latency: {}. INSERT: {}. Search: {}. Fixed step: {}. CPU per delivery; Postgres counts the whole cluster.\n\n",
+        p["subscribers"], p["small_subscribers"], c.subscribe_s,
+        p["tables"].as_str().unwrap_or("?"), p["prefill_rows_per_table"], p["producer_connections"],
+        p["insert"].as_str().unwrap_or("?"), p["latency"].as_str().unwrap_or("?"),
+        p["statement"].as_str().unwrap_or("?"), p["search"].as_str().unwrap_or("?"),
+        p["fixed_step"].as_str().unwrap_or("?"),
+    ));
+    for s in &c.subjects {
+        subject_details(m, s);
+    }
+    let k = &c.client_counters;
+    m.push_str(&format!(
+        "Leak checks: {} records with another user's `owner`, {} changes to the non-member. Clients: {} connects, {} disconnects (last error {:?}), {} duplicates, {} unexpected text frames (last {:?}).\n\n",
+        c.foreign_deliveries, c.outsider_deliveries, k.connects, k.disconnects, k.last_error, k.dups, k.other_text, k.last_other_text
+    ));
+}
+
+fn subject_details(m: &mut String, s: &SubjectResult) {
+    m.push_str(&format!(
+        "**{}** (`{}`, {} subscribers{}, deliveries per insert: {}): policy {}\n\n| Step | inserts/s (target) | deliveries/s | p50 ms | p99 ms | max ms | INSERT p50 ms | INSERT p99 ms | lost | Postgres CPU us/delivery | sidecar CPU us/delivery | pass |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        s.subject,
+        s.table,
+        s.subscribers,
+        s.filter.as_ref().map(|f| format!(", filter `{f}`")).unwrap_or_default(),
+        s.deliveries_per_change,
+        s.policy.as_ref().map(|p| format!("`{p}`")).unwrap_or_else(|| "none (RLS disabled)".into()),
+    ));
+    let us = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+    for r in s.steps.iter().chain(s.fixed.iter()) {
+        m.push_str(&format!(
+            "| {} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            r.label,
+            r.achieved_rate,
+            r.target_rate,
+            r.deliveries_per_s,
+            ms(r.latency.p50_us),
+            ms(r.latency.p99_us),
+            ms(r.latency.max_us),
+            ms(r.produced.statement.p50_us),
+            ms(r.produced.statement.p99_us),
+            r.lost,
+            us(pg_us_per_delivery(r)),
+            us(r.server_cpu_us_per_delivery),
+            if r.label.starts_with("tp@") {
+                if r.pass {
+                    "yes".to_string()
+                } else {
+                    format!("no: {}", r.fail_reasons.join("; "))
+                }
+            } else {
+                "-".to_string()
+            }
+        ));
+    }
+    if !s.search_note.is_empty() {
+        m.push_str(&format!("\nSearch: {}.\n", s.search_note));
     }
     m.push('\n');
 }

@@ -167,78 +167,11 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
                     return res;
                 }
                 tokio::time::sleep(o.settle).await;
-                let path = o.scripts_dir.join(file);
-                let mut run = PgbenchRun {
-                    shape: shape.to_string(),
-                    variant: variant.to_string(),
-                    script: file.to_string(),
-                    round,
-                    ..Default::default()
-                };
-                let (pgbench, host, port, user, db) = (
-                    o.pgbench.clone(),
-                    o.host.clone(),
-                    o.port,
-                    o.user.clone(),
-                    o.db.clone(),
-                );
-                let (c, j, t) = (o.clients, o.threads, o.seconds);
-                let protocol = protocol.to_string();
-                let cpu0 = o.sidecar_pid.and_then(crate::loadgen::proc_cpu_secs);
-                let t0 = std::time::Instant::now();
-                let out = tokio::task::spawn_blocking(move || {
-                    Command::new(pgbench)
-                        .args(["-n", "-M", &protocol, "-h", &host, "-p", &port.to_string(), "-U", &user])
-                        .args([
-                            "-c",
-                            &c.to_string(),
-                            "-j",
-                            &j.to_string(),
-                            "-T",
-                            &t.to_string(),
-                        ])
-                        .arg("-f")
-                        .arg(path)
-                        .arg(db)
-                        .output()
-                })
-                .await
-                .expect("spawn_blocking");
-                if let (Some(a), Some(b)) =
-                    (cpu0, o.sidecar_pid.and_then(crate::loadgen::proc_cpu_secs))
-                {
-                    run.sidecar_cores = Some((b - a) / t0.elapsed().as_secs_f64());
-                }
-                match out {
-                    Ok(out) => {
-                        let stdout = String::from_utf8_lossy(&out.stdout);
-                        let (tps, lat, tx, failed) = parse_pgbench(&stdout);
-                        run.tps = tps;
-                        run.latency_avg_ms = lat;
-                        run.transactions = tx;
-                        run.failed = failed;
-                        if !out.status.success() || tps.is_none() {
-                            let stderr = String::from_utf8_lossy(&out.stderr);
-                            run.error = Some(format!(
-                                "pgbench exited {}: {}",
-                                out.status,
-                                stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
-                            ));
-                        }
-                    }
-                    Err(e) => run.error = Some(format!("cannot run pgbench: {e}")),
-                }
-                eprintln!(
-                    "  pgbench {:<17} round {round}: tps {:?} latency {:?} ms, sidecar cores {:?}{}",
-                    file,
-                    run.tps,
-                    run.latency_avg_ms,
-                    run.sidecar_cores.map(|c| (c * 100.0).round() / 100.0),
-                    run.error
-                        .as_ref()
-                        .map(|e| format!(" ERROR {e}"))
-                        .unwrap_or_default()
-                );
+                let mut run = pgbench(o, file, protocol).await;
+                run.shape = shape.to_string();
+                run.variant = variant.to_string();
+                run.round = round;
+                log_run(&run);
                 res.runs.push(run);
             }
         }
@@ -247,6 +180,94 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
     drop(listener);
     drain.abort();
     res
+}
+
+pub fn log_run(run: &PgbenchRun) {
+    eprintln!(
+        "  pgbench {:<17} {:<22} round {}: tps {:?} latency {:?} ms, sidecar cores {:?}{}",
+        run.script,
+        run.shape,
+        run.round,
+        run.tps,
+        run.latency_avg_ms,
+        run.sidecar_cores.map(|c| (c * 100.0).round() / 100.0),
+        run.error
+            .as_ref()
+            .map(|e| format!(" ERROR {e}"))
+            .unwrap_or_default()
+    );
+}
+
+/// One pgbench run of `file` (in `o.scripts_dir`) with query protocol `protocol`; the caller
+/// fills in shape, variant and round.
+pub async fn pgbench(o: &WritersOpts, file: &str, protocol: &str) -> PgbenchRun {
+    let path = o.scripts_dir.join(file);
+    let mut run = PgbenchRun {
+        script: file.to_string(),
+        ..Default::default()
+    };
+    let (pgbench, host, port, user, db) = (
+        o.pgbench.clone(),
+        o.host.clone(),
+        o.port,
+        o.user.clone(),
+        o.db.clone(),
+    );
+    let (c, j, t) = (o.clients, o.threads, o.seconds);
+    let protocol = protocol.to_string();
+    let cpu0 = o.sidecar_pid.and_then(crate::loadgen::proc_cpu_secs);
+    let t0 = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(pgbench)
+            .args([
+                "-n",
+                "-M",
+                &protocol,
+                "-h",
+                &host,
+                "-p",
+                &port.to_string(),
+                "-U",
+                &user,
+            ])
+            .args([
+                "-c",
+                &c.to_string(),
+                "-j",
+                &j.to_string(),
+                "-T",
+                &t.to_string(),
+            ])
+            .arg("-f")
+            .arg(path)
+            .arg(db)
+            .output()
+    })
+    .await
+    .expect("spawn_blocking");
+    if let (Some(a), Some(b)) = (cpu0, o.sidecar_pid.and_then(crate::loadgen::proc_cpu_secs)) {
+        run.sidecar_cores = Some((b - a) / t0.elapsed().as_secs_f64());
+    }
+    match out {
+        Ok(out) => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let (tps, lat, tx, failed) = parse_pgbench(&stdout);
+            run.tps = tps;
+            run.latency_avg_ms = lat;
+            run.transactions = tx;
+            run.failed = failed;
+            if !out.status.success() || tps.is_none() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                run.error = Some(format!(
+                    "pgbench exited {}: {}",
+                    out.status,
+                    stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                ));
+            }
+        }
+        Err(e) => run.error = Some(format!("cannot run pgbench: {e}")),
+    }
+    run
 }
 
 #[cfg(test)]

@@ -416,14 +416,27 @@ impl Change {
             check.error = Some("Error 401: Unauthorized");
         } else if self.rls {
             let args = self.args_for(&check.ords, rows);
+            // The keys are taken out of the row images first: under RLS a qual on a
+            // non-leakproof function (jsonb_populate_record) cannot reach the index, and each
+            // check would scan the table. The LIMIT keeps the lookup a per-row index probe
+            // whatever the cached plan thinks of the table's size.
+            let keys = pk
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("(pg_catalog.jsonb_populate_record(null::{}, r.rec)).{} as k{i}", self.entity_sql, c.quoted))
+                .collect::<Vec<_>>()
+                .join(", ");
             let condition = pk
                 .iter()
-                .map(|c| format!("t.{0} = (jsonb_populate_record(null::{1}, r.rec)).{0}", c.quoted, self.entity_sql))
+                .enumerate()
+                .map(|(i, c)| format!("t.{} = k.k{i}", c.quoted))
                 .collect::<Vec<_>>()
                 .join(" and ");
             let sql = format!(
-                "select r.ord from unnest($1::int8[], $2::jsonb[]) r(ord, rec)
-                  where exists (select 1 from {} t where {condition})",
+                "with k as materialized (
+                   select r.ord, {keys} from unnest($1::int8[], $2::jsonb[]) r(ord, rec))
+                 select k.ord from k
+                   cross join lateral (select 1 from {} t where {condition} limit 1) hit",
                 self.entity_sql
             );
             check.query = Some((sql, args));

@@ -79,7 +79,7 @@ drop schema evil cascade;
 delete from todos where id in (7, 8);
 
 -- a failing policy hides the change (WARNING) and never aborts the writer
-create policy broken on todos for select to authenticated using (1 / (id - id) = 1);
+create policy broken on todos as restrictive for select to authenticated using (1 / (id - id) = 1);
 insert into todos values (7, 'alice', 'still written', '');
 select count(*) as written from todos where id = 7;
 drop policy broken on todos;

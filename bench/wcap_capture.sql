@@ -1,0 +1,1 @@
+INSERT INTO bench_cap(v) VALUES (1);

@@ -1,0 +1,1 @@
+INSERT INTO bench_nocap(v) VALUES (1);
