@@ -3,8 +3,7 @@
 //! table shape without capture: pgbench one-row INSERTs, variants alternating per round. With no
 //! subscription on the table the trigger returns at once, so this is the price every writer of
 //! an enabled table pays whether or not anyone listens.
-use crate::writers::{log_run, pgbench, WritersOpts, WritersResult};
-use tokio_postgres::NoTls;
+use crate::writers::{connect, log_run, pgbench, WritersOpts, WritersResult};
 
 /// (shape, pgbench query protocol): the one-statement shapes of the writer benchmark.
 const SHAPES: &[(&str, &str)] = &[
@@ -37,17 +36,10 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
         }),
         ..Default::default()
     };
-    let dsn = format!(
-        "host={} port={} user={} dbname={}",
-        o.host, o.port, o.user, o.db
-    );
-    let client = match tokio_postgres::connect(&dsn, NoTls).await {
-        Ok((c, conn)) => {
-            tokio::spawn(conn);
-            c
-        }
+    let client = match connect(o).await {
+        Ok(client) => client,
         Err(e) => {
-            res.error = Some(format!("connect: {e}"));
+            res.error = Some(e);
             return res;
         }
     };

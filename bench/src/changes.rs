@@ -654,17 +654,7 @@ async fn search(
     loop {
         let mut any = false;
         for s in group.iter_mut() {
-            if t0.elapsed() > o.search_budget {
-                if !s.search.done {
-                    s.search.done = true;
-                    s.search.note = format!(
-                        "search stopped by its time budget ({:?}) after {} steps",
-                        o.search_budget, s.search.steps_run
-                    );
-                }
-                continue;
-            }
-            let Some(rate) = s.search.next() else {
+            let Some(rate) = s.search.next_within(t0, o.search_budget) else {
                 continue;
             };
             any = true;

@@ -1145,6 +1145,22 @@ impl Search {
     }
 
     /// The next rate to try, or None when the search is over.
+    /// The next rate to try, unless the search is over or `started` is `budget` ago (then the
+    /// search ends with a note saying so).
+    pub fn next_within(&mut self, started: Instant, budget: Duration) -> Option<f64> {
+        if started.elapsed() > budget {
+            if !self.done {
+                self.done = true;
+                self.note = format!(
+                    "search stopped by its time budget ({budget:?}) after {} steps",
+                    self.steps_run
+                );
+            }
+            return None;
+        }
+        self.next()
+    }
+
     pub fn next(&mut self) -> Option<f64> {
         let o = self.limits;
         if self.done {
@@ -1383,17 +1399,7 @@ pub async fn fanout(targets: &[TargetSpec], o: &FanoutOpts) -> Vec<FanoutResult>
     loop {
         let mut any = false;
         for l in live.iter_mut().filter(|l| l.ok()) {
-            if search_start.elapsed() > o.search_budget {
-                if !l.search.done {
-                    l.search.done = true;
-                    l.search.note = format!(
-                        "search stopped by its time budget ({:?}) after {} steps",
-                        o.search_budget, l.search.steps_run
-                    );
-                }
-                continue;
-            }
-            let Some(rate) = l.search.next() else {
+            let Some(rate) = l.search.next_within(search_start, o.search_budget) else {
                 continue;
             };
             any = true;

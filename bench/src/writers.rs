@@ -115,23 +115,16 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
         }),
         ..Default::default()
     };
-    let dsn = format!(
-        "host={} port={} user={} dbname={}",
-        o.host, o.port, o.user, o.db
-    );
-    let client = match tokio_postgres::connect(&dsn, NoTls).await {
-        Ok((c, conn)) => {
-            tokio::spawn(conn);
-            c
-        }
+    let client = match connect(o).await {
+        Ok(client) => client,
         Err(e) => {
-            res.error = Some(format!("connect: {e}"));
+            res.error = Some(e);
             return res;
         }
     };
     // The NOTIFY reference gets a consumer too: a LISTENer receives every notification, as the
     // sidecar reads every queued message during the broadcast runs.
-    let listener = match tokio_postgres::connect(&dsn, NoTls).await {
+    let listener = match tokio_postgres::connect(&dsn(o), NoTls).await {
         Ok((l, mut conn)) => {
             let drain = tokio::spawn(async move {
                 let mut msgs = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -200,6 +193,22 @@ pub fn log_run(run: &PgbenchRun) {
 
 /// One pgbench run of `file` (in `o.scripts_dir`) with query protocol `protocol`; the caller
 /// fills in shape, variant and round.
+fn dsn(o: &WritersOpts) -> String {
+    format!(
+        "host={} port={} user={} dbname={}",
+        o.host, o.port, o.user, o.db
+    )
+}
+
+/// A database session for setting up and inspecting a writer run.
+pub async fn connect(o: &WritersOpts) -> Result<tokio_postgres::Client, String> {
+    let (client, conn) = tokio_postgres::connect(&dsn(o), NoTls)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
 pub async fn pgbench(o: &WritersOpts, file: &str, protocol: &str) -> PgbenchRun {
     let path = o.scripts_dir.join(file);
     let mut run = PgbenchRun {
