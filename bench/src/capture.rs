@@ -3,7 +3,7 @@
 //! table shape without capture: pgbench one-row INSERTs, variants alternating per round. With no
 //! subscription on the table the trigger returns at once, so this is the price every writer of
 //! an enabled table pays whether or not anyone listens.
-use crate::writers::{connect, log_run, pgbench, WritersOpts, WritersResult};
+use crate::writers::{connect, settled_run, WritersOpts, WritersResult};
 
 /// (shape, pgbench query protocol): the one-statement shapes of the writer benchmark.
 const SHAPES: &[(&str, &str)] = &[
@@ -54,20 +54,15 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
                 scripts.reverse();
             }
             for (variant, file) in scripts {
-                if let Err(e) = client
-                    .batch_execute("truncate bench_cap, bench_nocap")
-                    .await
-                {
-                    res.error = Some(format!("truncate: {e}"));
-                    return res;
+                let truncate = "truncate bench_cap, bench_nocap";
+                let run = (shape, variant, round);
+                match settled_run(o, &client, truncate, file, protocol, run).await {
+                    Ok(run) => res.runs.push(run),
+                    Err(e) => {
+                        res.error = Some(e);
+                        return res;
+                    }
                 }
-                tokio::time::sleep(o.settle).await;
-                let mut run = pgbench(o, file, protocol).await;
-                run.shape = shape.to_string();
-                run.variant = variant.to_string();
-                run.round = round;
-                log_run(&run);
-                res.runs.push(run);
             }
         }
     }

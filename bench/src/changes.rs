@@ -21,8 +21,8 @@
 use crate::frame::parse_change;
 use crate::jwt;
 use crate::loadgen::{
-    connect_ws, heartbeat, postmaster_pid, Bench, ClientCounters, ClientState, Clients, Producer,
-    Receivers, Search, SearchLimits, Session, StepResult, StepSpec, HEARTBEAT_EVERY,
+    connect_ws, postmaster_pid, run_until_stopped, Bench, ClientCounters, ClientState, Clients,
+    Producer, Receivers, Search, SearchLimits, Session, StepResult, StepSpec,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use tokio::time::{sleep, timeout, timeout_at};
+use tokio::time::{sleep, timeout_at};
 use tokio_postgres::NoTls;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -341,30 +341,12 @@ fn session(
                 subscribe(&mut ws, &join, &st, &me, &leaks).await?;
                 ws
             };
-            let mut hb = tokio::time::interval_at(
-                tokio::time::Instant::now() + HEARTBEAT_EVERY,
-                HEARTBEAT_EVERY,
-            );
-            let mut hb_ref: u64 = 1;
-            loop {
-                tokio::select! {
-                    m = ws.next() => match m {
-                        Some(Ok(Message::Text(t))) => on_frame(t.as_str(), &st, &me, &leaks),
-                        Some(Ok(Message::Close(c))) => return Err(format!("server closed: {c:?}")),
-                        None => return Err("connection ended".into()),
-                        Some(Err(e)) => return Err(format!("read: {e}")),
-                        Some(Ok(_)) => {}
-                    },
-                    _ = hb.tick() => {
-                        hb_ref += 1;
-                        ws.send(heartbeat(hb_ref)).await.map_err(|e| format!("heartbeat: {e}"))?;
-                    }
-                    _ = stop.changed() => {
-                        let _ = timeout(Duration::from_secs(2), ws.close(None)).await;
-                        return Ok(());
-                    }
+            run_until_stopped(&mut ws, &mut stop, |m| {
+                if let Message::Text(t) = m {
+                    on_frame(t.as_str(), &st, &me, &leaks);
                 }
-            }
+            })
+            .await
         })
     })
 }

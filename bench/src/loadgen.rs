@@ -311,6 +311,21 @@ async fn client_session(
         join(&mut ws, topic, st).await?;
         ws
     };
+    run_until_stopped(&mut ws, stop, |m| match m {
+        Message::Binary(b) => st.on_binary(b, topic.as_bytes()),
+        Message::Text(t) => st.on_text(t.as_str()),
+        _ => {}
+    })
+    .await
+}
+
+/// Feed every data frame to `on_message` and heartbeat every `HEARTBEAT_EVERY` until `stop`
+/// changes (then close the socket) or the connection ends (an error).
+pub async fn run_until_stopped(
+    ws: &mut Ws,
+    stop: &mut watch::Receiver<bool>,
+    mut on_message: impl FnMut(&Message),
+) -> Result<(), String> {
     let mut hb = tokio::time::interval_at(
         tokio::time::Instant::now() + HEARTBEAT_EVERY,
         HEARTBEAT_EVERY,
@@ -319,12 +334,10 @@ async fn client_session(
     loop {
         tokio::select! {
             m = ws.next() => match m {
-                Some(Ok(Message::Binary(b))) => st.on_binary(&b, topic.as_bytes()),
-                Some(Ok(Message::Text(t))) => st.on_text(t.as_str()),
                 Some(Ok(Message::Close(c))) => return Err(format!("server closed: {c:?}")),
+                Some(Ok(m)) => on_message(&m),
                 None => return Err("connection ended".into()),
                 Some(Err(e)) => return Err(format!("read: {e}")),
-                Some(Ok(_)) => {}
             },
             _ = hb.tick() => {
                 hb_ref += 1;

@@ -155,17 +155,14 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
                 scripts.reverse();
             }
             for (shape, variant, file) in scripts {
-                if let Err(e) = client.batch_execute("truncate bench_t").await {
-                    res.error = Some(format!("truncate: {e}"));
-                    return res;
+                let run = (*shape, *variant, round);
+                match settled_run(o, &client, "truncate bench_t", file, protocol, run).await {
+                    Ok(run) => res.runs.push(run),
+                    Err(e) => {
+                        res.error = Some(e);
+                        return res;
+                    }
                 }
-                tokio::time::sleep(o.settle).await;
-                let mut run = pgbench(o, file, protocol).await;
-                run.shape = shape.to_string();
-                run.variant = variant.to_string();
-                run.round = round;
-                log_run(&run);
-                res.runs.push(run);
             }
         }
     }
@@ -175,7 +172,7 @@ pub async fn run(o: &WritersOpts) -> WritersResult {
     res
 }
 
-pub fn log_run(run: &PgbenchRun) {
+fn log_run(run: &PgbenchRun) {
     eprintln!(
         "  pgbench {:<17} {:<22} round {}: tps {:?} latency {:?} ms, sidecar cores {:?}{}",
         run.script,
@@ -193,6 +190,29 @@ pub fn log_run(run: &PgbenchRun) {
 
 /// One pgbench run of `file` (in `o.scripts_dir`) with query protocol `protocol`; the caller
 /// fills in shape, variant and round.
+/// Empty the tables (`truncate`), let the machine settle, then one pgbench run of `file`,
+/// labelled (shape, variant, round) and logged.
+pub async fn settled_run(
+    o: &WritersOpts,
+    client: &tokio_postgres::Client,
+    truncate: &str,
+    file: &str,
+    protocol: &str,
+    (shape, variant, round): (&str, &str, usize),
+) -> Result<PgbenchRun, String> {
+    client
+        .batch_execute(truncate)
+        .await
+        .map_err(|e| format!("truncate: {e}"))?;
+    tokio::time::sleep(o.settle).await;
+    let mut run = pgbench(o, file, protocol).await;
+    run.shape = shape.to_string();
+    run.variant = variant.to_string();
+    run.round = round;
+    log_run(&run);
+    Ok(run)
+}
+
 fn dsn(o: &WritersOpts) -> String {
     format!(
         "host={} port={} user={} dbname={}",
@@ -209,7 +229,7 @@ pub async fn connect(o: &WritersOpts) -> Result<tokio_postgres::Client, String> 
     Ok(client)
 }
 
-pub async fn pgbench(o: &WritersOpts, file: &str, protocol: &str) -> PgbenchRun {
+async fn pgbench(o: &WritersOpts, file: &str, protocol: &str) -> PgbenchRun {
     let path = o.scripts_dir.join(file);
     let mut run = PgbenchRun {
         script: file.to_string(),
