@@ -21,7 +21,8 @@
 #
 # Knobs (environment): BENCH_PG_PORT, BENCH_SIDECAR_PORT, BENCH_RELAY_PORT (first port tried),
 # BENCH_SUBSCRIBERS (1000), BENCH_QUICK=1 (a short smoke run: 200 subscribers, 2,000 idle
-# connections, short steps, Postgres Changes with 200 and 20 subscribers).
+# connections, short steps, Postgres Changes with 200 and 20 subscribers), BENCH_ONLY="changes
+# joins" (run only these stages of: memory fanout roundtrip push writers capture joins changes).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -152,6 +153,7 @@ else
 fi
 
 FAILED=0
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 alive() { kill -0 "$SIDECAR_PID" 2>/dev/null || { log "the sidecar died"; tail -n 30 "$WORK/sidecar.log" >&2; FAILED=1; }
           kill -0 "$RELAY_PID" 2>/dev/null || { log "the relay died"; FAILED=1; }; }
 
@@ -160,54 +162,70 @@ SIDECAR_WS="ws://127.0.0.1:$SIDECAR_PORT/realtime/v1/websocket"
 SUBJECTS=(--relay-ws "$RELAY_WS" --relay-pid "$RELAY_PID" --sidecar-ws "$SIDECAR_WS" --sidecar-pid "$SIDECAR_PID"
   --jwt-secret "$SECRET")
 
-log "memory: $MEM_CONNS idle joined connections, relay (baseline) and sidecar, alternating"
-"$BIN/pg-realtime-bench" memory "${SUBJECTS[@]}" --connections "$MEM_CONNS" --sources 8 \
-  --out "$RAW/memory.json" "${MEM_ARGS[@]}" || { log "memory run failed"; FAILED=1; }
-alive
+if want memory; then
+  log "memory: $MEM_CONNS idle joined connections, relay (baseline) and sidecar, alternating"
+  "$BIN/pg-realtime-bench" memory "${SUBJECTS[@]}" --connections "$MEM_CONNS" --sources 8 \
+    --out "$RAW/memory.json" "${MEM_ARGS[@]}" || { log "memory run failed"; FAILED=1; }
+  alive
+fi
 
-log "fan-out: LISTEN relay (baseline) and pg_realtime sidecar, interleaved"
-"$BIN/pg-realtime-bench" fanout --dsn "$DSN" --jwt-secret "$SECRET" \
-  --target relay --mode notify --server-pid "$RELAY_PID" --out "$RAW/fanout-relay.json" \
-  --ws "$RELAY_WS" \
-  --target2 sidecar --mode2 broadcast --server-pid2 "$SIDECAR_PID" --out2 "$RAW/fanout-sidecar.json" \
-  --ws2 "$SIDECAR_WS" \
-  "${FAN_ARGS[@]}" || { log "fan-out run failed"; FAILED=1; }
-alive
+if want fanout; then
+  log "fan-out: LISTEN relay (baseline) and pg_realtime sidecar, interleaved"
+  "$BIN/pg-realtime-bench" fanout --dsn "$DSN" --jwt-secret "$SECRET" \
+    --target relay --mode notify --server-pid "$RELAY_PID" --out "$RAW/fanout-relay.json" \
+    --ws "$RELAY_WS" \
+    --target2 sidecar --mode2 broadcast --server-pid2 "$SIDECAR_PID" --out2 "$RAW/fanout-sidecar.json" \
+    --ws2 "$SIDECAR_WS" \
+    "${FAN_ARGS[@]}" || { log "fan-out run failed"; FAILED=1; }
+  alive
+fi
 
-log "client broadcast round trip in rooms: relay (baseline) and sidecar, alternating"
-"$BIN/pg-realtime-bench" roundtrip "${SUBJECTS[@]}" --dsn "$DSN" --out "$RAW/roundtrip.json" "${RT_ARGS[@]}" ||
-  { log "round-trip run failed"; FAILED=1; }
-alive
+if want roundtrip; then
+  log "client broadcast round trip in rooms: relay (baseline) and sidecar, alternating"
+  "$BIN/pg-realtime-bench" roundtrip "${SUBJECTS[@]}" --dsn "$DSN" --out "$RAW/roundtrip.json" "${RT_ARGS[@]}" ||
+    { log "round-trip run failed"; FAILED=1; }
+  alive
+fi
 
-log "client broadcast fan-out: relay (baseline) and sidecar, interleaved"
-# One sender: with self:false it receives nothing, so an overloaded server never closes it as slow.
-"$BIN/pg-realtime-bench" fanout --dsn "$DSN" --jwt-secret "$SECRET" --sub-topic pushbench --producers 1 \
-  --idle-count 0 --latency-secs 0 \
-  --target relay --mode client --server-pid "$RELAY_PID" --out "$RAW/fanout-push-relay.json" --ws "$RELAY_WS" \
-  --target2 sidecar --mode2 client --server-pid2 "$SIDECAR_PID" --out2 "$RAW/fanout-push-sidecar.json" \
-  --ws2 "$SIDECAR_WS" "${PUSH_ARGS[@]}" || { log "client broadcast fan-out run failed"; FAILED=1; }
-alive
+if want push; then
+  log "client broadcast fan-out: relay (baseline) and sidecar, interleaved"
+  # One sender: with self:false it receives nothing, so an overloaded server never closes it as slow.
+  "$BIN/pg-realtime-bench" fanout --dsn "$DSN" --jwt-secret "$SECRET" --sub-topic pushbench --producers 1 \
+    --idle-count 0 --latency-secs 0 \
+    --target relay --mode client --server-pid "$RELAY_PID" --out "$RAW/fanout-push-relay.json" --ws "$RELAY_WS" \
+    --target2 sidecar --mode2 client --server-pid2 "$SIDECAR_PID" --out2 "$RAW/fanout-push-sidecar.json" \
+    --ws2 "$SIDECAR_WS" "${PUSH_ARGS[@]}" || { log "client broadcast fan-out run failed"; FAILED=1; }
+  alive
+fi
 
-log "writers: pgbench (sidecar connected and draining)"
-"$BIN/pg-realtime-bench" writers --host 127.0.0.1 --port "$PG_PORT" --pgbench "$PGBIN/pgbench" --sidecar-pid "$SIDECAR_PID" \
-  --scripts "$ROOT/bench" --out "$RAW/writers.json" "${WRITER_ARGS[@]}" || { log "writer run failed"; FAILED=1; }
-alive
+if want writers; then
+  log "writers: pgbench (sidecar connected and draining)"
+  "$BIN/pg-realtime-bench" writers --host 127.0.0.1 --port "$PG_PORT" --pgbench "$PGBIN/pgbench" --sidecar-pid "$SIDECAR_PID" \
+    --scripts "$ROOT/bench" --out "$RAW/writers.json" "${WRITER_ARGS[@]}" || { log "writer run failed"; FAILED=1; }
+  alive
+fi
 
-log "capture: pgbench into a table with realtime.enable (no subscribers) vs without, alternating"
-"$BIN/pg-realtime-bench" capture --host 127.0.0.1 --port "$PG_PORT" --pgbench "$PGBIN/pgbench" --sidecar-pid "$SIDECAR_PID" \
-  --scripts "$ROOT/bench" --out "$RAW/capture.json" "${WRITER_ARGS[@]}" || { log "capture writer run failed"; FAILED=1; }
-alive
+if want capture; then
+  log "capture: pgbench into a table with realtime.enable (no subscribers) vs without, alternating"
+  "$BIN/pg-realtime-bench" capture --host 127.0.0.1 --port "$PG_PORT" --pgbench "$PGBIN/pgbench" --sidecar-pid "$SIDECAR_PID" \
+    --scripts "$ROOT/bench" --out "$RAW/capture.json" "${WRITER_ARGS[@]}" || { log "capture writer run failed"; FAILED=1; }
+  alive
+fi
 
-log "joins: private (RLS policy per join) vs public, alternating"
-"$BIN/pg-realtime-bench" joins --ws "$SIDECAR_WS" --dsn "$DSN" \
-  --jwt-secret "$SECRET" --sidecar-pid "$SIDECAR_PID" --out "$RAW/joins.json" \
-  --connections 50 --rooms 100 "${JOIN_ARGS[@]}" || { log "join run failed"; FAILED=1; }
-alive
+if want joins; then
+  log "joins: private (RLS policy per join) vs public, alternating"
+  "$BIN/pg-realtime-bench" joins --ws "$SIDECAR_WS" --dsn "$DSN" \
+    --jwt-secret "$SECRET" --sidecar-pid "$SIDECAR_PID" --out "$RAW/joins.json" \
+    --connections 50 --rooms 100 "${JOIN_ARGS[@]}" || { log "join run failed"; FAILED=1; }
+  alive
+fi
 
-log "Postgres Changes: RLS-checked vs RLS disabled, unfiltered and owner-filtered, interleaved"
-"$BIN/pg-realtime-bench" changes --ws "$SIDECAR_WS" --dsn "$DSN" --jwt-secret "$SECRET" --sidecar-pid "$SIDECAR_PID" \
-  --out "$RAW/changes.json" "${CHANGES_ARGS[@]}" || { log "Postgres Changes run failed"; FAILED=1; }
-alive
+if want changes; then
+  log "Postgres Changes: RLS-checked vs RLS disabled, unfiltered and owner-filtered, interleaved"
+  "$BIN/pg-realtime-bench" changes --ws "$SIDECAR_WS" --dsn "$DSN" --jwt-secret "$SECRET" --sidecar-pid "$SIDECAR_PID" \
+    --out "$RAW/changes.json" "${CHANGES_ARGS[@]}" || { log "Postgres Changes run failed"; FAILED=1; }
+  alive
+fi
 
 log "report"
 "$BIN/pg-realtime-bench" report --raw "$RAW" --out "$REPORT" || FAILED=1

@@ -21,6 +21,10 @@ create unlogged table realtime.queue (
     inserted_at    timestamptz not null default now(),
     check (payload is null or binary_payload is null)
 );
+-- Rows live for seconds: compressing large payloads (a change routed to a thousand
+-- subscriptions is several kB) would cost the writer more than it saves.
+alter table realtime.queue alter column payload set storage external,
+                           alter column binary_payload set storage external;
 -- Constant insert-at-the-head, delete-at-the-tail churn: vacuum early so pruned rows' space is
 -- reused instead of the table growing.
 alter table realtime.queue set (

@@ -9,11 +9,12 @@
 //!    filter, then every filter, typed through the column type) and the row images;
 //! 3. per distinct (role, claims) group, not per subscription: column privileges, then — in a
 //!    subtransaction, as that role with `request.jwt.claims` set — one primary-key existence
-//!    query over all the group's rows. INSERT/UPDATE are checked against the table after the
-//!    statement (an UPDATE that moves a row out of view is not delivered); DELETE against the
-//!    statement's own snapshot, where the deleted rows still exist (a subscriber only hears of
-//!    the deletion of a row it was allowed to see). A policy that fails hides the row (WARNING)
-//!    and never aborts the writer;
+//!    query over all the group's rows (typed key arrays taken out of the row images once per
+//!    statement; one executor per role, rescanned per group: see `rls`). INSERT/UPDATE are
+//!    checked against the table after the statement (an UPDATE that moves a row out of view is
+//!    not delivered); DELETE against the statement's own snapshot, where the deleted rows still
+//!    exist (a subscriber only hears of the deletion of a row it was allowed to see). A policy
+//!    that fails hides the row from its group only (WARNING) and never aborts the writer;
 //! 4. one queue row per (change, sidecar, column view), `extension = 'postgres_changes'`,
 //!    `topic` = the sidecar's id, payload `{"subscriptions": [...], "data": {...}}`. Queue rows
 //!    are written at commit in commit order like every other message; a rolled-back statement
@@ -26,16 +27,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::pending;
+use crate::rls::Runs;
 
 static GENERATION: pgrx::PgAtomic<AtomicU64> = unsafe { pgrx::PgAtomic::new(c"pg_realtime_subs_gen") };
 
 thread_local! {
     /// Subscribed tables as of a generation.
     static SUBSCRIBED: RefCell<Option<(u64, HashSet<pg_sys::Oid>)>> = const { RefCell::new(None) };
-    /// Visibility-check plans by SQL text (one per table), kept for the backend's life; the plan
-    /// cache revalidates them after DDL and replans when the checking role changes.
-    static PLANS: RefCell<std::collections::HashMap<String, pg_sys::SPIPlanPtr>> =
-        RefCell::new(std::collections::HashMap::new());
     /// This transaction changed subscriptions: move the generation again at commit, so that a
     /// backend that reloaded before the commit became visible reloads once more.
     static BUMP_AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -145,9 +143,17 @@ struct Check {
     claims: String,
     ords: Vec<i64>,
     error: Option<&'static str>,
-    /// The RLS query and its row images (tables with RLS only).
-    /// (the query, its arguments: the ords and their row images as `int8[]`, `jsonb[]`)
-    query: Option<(String, [pg_sys::Datum; 2])>,
+    /// The RLS query (tables with RLS only).
+    query: Option<Probe>,
+}
+
+/// Which of a statement's rows a group may see: `select ord … where the row is visible`, its
+/// parameters the rows' ords and primary key values as arrays (one per key column).
+#[derive(Clone)]
+struct Probe {
+    sql: std::rc::Rc<str>,
+    types: std::rc::Rc<[pg_sys::Oid]>,
+    args: std::rc::Rc<[Option<pg_sys::Datum>]>,
 }
 
 #[pg_trigger]
@@ -204,8 +210,7 @@ fn route(entity: pg_sys::Oid, action: Action, before: pg_sys::Snapshot, data: *m
                    join realtime.subscription s
                      on s.entity = $1 and s.eq_column = c.eq_column and s.eq_value = r.rec -> c.eq_column
                     and s.action_filter in ('*', $2)) s
-          where s.filters = '[]' or realtime._filters_pass($1::regclass, r.rec, s.filters)
-          order by s.claims_role, s.claims, r.ord"
+          where s.filters = '[]' or realtime._filters_pass($1::regclass, r.rec, s.filters)"
     );
     let rows_text_sql = format!("select ord, rec::text, old::text from ({rows_sql}) r");
     let loaded = Spi::connect_mut(|client| {
@@ -249,7 +254,7 @@ fn route(entity: pg_sys::Oid, action: Action, before: pg_sys::Snapshot, data: *m
         );
         Ok::<_, pgrx::spi::Error>((matches, rows, meta))
     });
-    let (matches, rows, meta) = match loaded {
+    let (mut matches, rows, meta) = match loaded {
         Ok(loaded) => loaded,
         Err(err) => pgrx::error!("pg_realtime: reading subscriptions failed: {err}"),
     };
@@ -276,8 +281,9 @@ fn route(entity: pg_sys::Oid, action: Action, before: pg_sys::Snapshot, data: *m
         rls,
         before,
         columns: RefCell::default(),
-        args: RefCell::default(),
+        probes: RefCell::default(),
     };
+    matches.sort_unstable_by(|a, b| (&a.role, &a.claims, a.ord).cmp(&(&b.role, &b.claims, b.ord)));
     let mut groups = Vec::new();
     let mut start = 0;
     while start < matches.len() {
@@ -303,8 +309,8 @@ struct Change {
     before: pg_sys::Snapshot,
     /// Columns as each role sees them, loaded once per role per statement.
     columns: RefCell<std::collections::HashMap<String, std::rc::Rc<Vec<Column>>>>,
-    /// Check arguments by row set (datums in the trigger's memory context).
-    args: RefCell<std::collections::HashMap<Vec<i64>, [pg_sys::Datum; 2]>>,
+    /// Checks by row set (datums in the trigger's memory context).
+    probes: RefCell<std::collections::HashMap<Vec<i64>, Probe>>,
 }
 
 impl Change {
@@ -365,24 +371,24 @@ impl Change {
         rows: &BTreeMap<i64, (Value, Option<Value>)>,
         snapshot: pg_sys::Snapshot,
     ) -> Vec<(HashSet<i64>, Option<&'static str>)> {
-        let plans: Vec<Check> = groups.iter().map(|g| self.plan_check(g, rows)).collect();
-        let run_all = || plans.iter().map(|c| self.run_check(c, snapshot)).collect::<Vec<_>>();
-        let any_query = plans.iter().any(|c| c.query.is_some());
-        if !any_query {
-            return run_all();
+        let checks: Vec<Check> = groups.iter().map(|g| self.plan_check(g, rows)).collect();
+        if checks.iter().all(|c| c.query.is_none()) {
+            return checks.iter().map(|c| (c.ords.iter().copied().collect(), c.error)).collect();
         }
-        in_subtransaction(run_all).unwrap_or_else(|_| {
-            plans
+        in_subtransaction(|| run_checks(&checks, snapshot)).unwrap_or_else(|_| {
+            checks
                 .iter()
                 .map(|check| {
-                    in_subtransaction(|| self.run_check(check, snapshot)).unwrap_or_else(|err| {
-                        pgrx::warning!(
-                            "pg_realtime: the policies of {} failed for role {} ({err}); change not delivered to it",
-                            self.entity_sql,
-                            check.role
-                        );
-                        (HashSet::new(), None)
-                    })
+                    in_subtransaction(|| run_checks(std::slice::from_ref(check), snapshot))
+                        .map(|mut verdicts| verdicts.remove(0))
+                        .unwrap_or_else(|err| {
+                            pgrx::warning!(
+                                "pg_realtime: the policies of {} failed for role {} ({err}); change not delivered to it",
+                                self.entity_sql,
+                                check.role
+                            );
+                            (HashSet::new(), None)
+                        })
                 })
                 .collect()
         })
@@ -415,59 +421,18 @@ impl Change {
         } else if pk.iter().any(|c| c.type_name.is_empty()) {
             check.error = Some("Error 401: Unauthorized");
         } else if self.rls {
-            let args = self.args_for(&check.ords, rows);
-            // The keys are taken out of the row images first: under RLS a qual on a
-            // non-leakproof function (jsonb_populate_record) cannot reach the index, and each
-            // check would scan the table. The LIMIT keeps the lookup a per-row index probe
-            // whatever the cached plan thinks of the table's size.
-            let keys = pk
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("(pg_catalog.jsonb_populate_record(null::{}, r.rec)).{} as k{i}", self.entity_sql, c.quoted))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let condition = pk
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("t.{} = k.k{i}", c.quoted))
-                .collect::<Vec<_>>()
-                .join(" and ");
-            let sql = format!(
-                "with k as materialized (
-                   select r.ord, {keys} from unnest($1::int8[], $2::jsonb[]) r(ord, rec))
-                 select k.ord from k
-                   cross join lateral (select 1 from {} t where {condition} limit 1) hit",
-                self.entity_sql
-            );
-            check.query = Some((sql, args));
+            check.query = Some(self.probe_for(&check.ords, &pk, rows));
         }
         check
     }
 
-    /// Run one group's check: as its role, with its claims set, against `snapshot`.
-    fn run_check(&self, check: &Check, snapshot: pg_sys::Snapshot) -> (HashSet<i64>, Option<&'static str>) {
-        let all = || check.ords.iter().copied().collect::<HashSet<i64>>();
-        let Some((sql, args)) = &check.query else {
-            return (all(), check.error);
-        };
-        let Some(role) = role_oid(&check.role) else { return (HashSet::new(), None) };
-        let claims: Value = serde_json::from_str(&check.claims).unwrap_or(Value::Null);
-        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default();
-        let claim_role = claims.get("role").and_then(Value::as_str).unwrap_or_default();
-        let nest = unsafe { pg_sys::NewGUCNestLevel() };
-        set_local("request.jwt.claims", &check.claims);
-        set_local("request.jwt.claim.sub", sub);
-        set_local("request.jwt.claim.role", claim_role);
-        let visible = as_user(role, || query_ords(sql, *args, snapshot));
-        unsafe { pg_sys::AtEOXact_GUC(true, nest) };
-        (visible, None)
-    }
-
-    /// The check's arguments for `ords`, converted once per statement: groups without filters
-    /// all check the same rows.
-    fn args_for(&self, ords: &[i64], rows: &BTreeMap<i64, (Value, Option<Value>)>) -> [pg_sys::Datum; 2] {
-        if let Some(args) = self.args.borrow().get(ords) {
-            return *args;
+    /// The check of `ords`, built once per statement and row set: groups without filters all
+    /// check the same rows. The keys are typed arrays taken out of the row images here, so a
+    /// check does no JSON work and its lookup is a primary key index probe (the LIMIT keeps it
+    /// one whatever the generic plan thinks of the table's size).
+    fn probe_for(&self, ords: &[i64], pk: &[&Column], rows: &BTreeMap<i64, (Value, Option<Value>)>) -> Probe {
+        if let Some(probe) = self.probes.borrow().get(ords) {
+            return probe.clone();
         }
         let images: Vec<JsonB> = ords
             .iter()
@@ -476,10 +441,36 @@ impl Change {
                 JsonB(if self.action == Action::Delete { old.clone().unwrap_or(Value::Null) } else { rec.clone() })
             })
             .collect();
-        let null = pg_sys::Datum::from(0);
-        let args = [ords.to_vec().into_datum().unwrap_or(null), images.into_datum().unwrap_or(null)];
-        self.args.borrow_mut().insert(ords.to_vec(), args);
-        args
+        let keys_sql = format!(
+            "select pg_catalog.array_agg(r.ord order by r.ord), {}
+               from unnest($1::int8[], $2::jsonb[]) r(ord, rec)",
+            pk.iter()
+                .map(|c| format!(
+                    "pg_catalog.array_agg((pg_catalog.jsonb_populate_record(null::{}, r.rec)).{} order by r.ord)",
+                    self.entity_sql, c.quoted
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let (types, args) = key_arrays(&keys_sql, ords, images);
+        let columns: Vec<String> = (0..pk.len()).map(|i| format!("k{i}")).collect();
+        let params: Vec<String> = (1..=types.len()).map(|i| format!("${i}")).collect();
+        let condition = pk
+            .iter()
+            .zip(&columns)
+            .map(|(c, k)| format!("t.{} = k.{k}", c.quoted))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let sql = format!(
+            "select k.ord from unnest({}) k(ord, {})
+               cross join lateral (select 1 from {} t where {condition} limit 1) hit",
+            params.join(", "),
+            columns.join(", "),
+            self.entity_sql
+        );
+        let probe = Probe { sql: sql.into(), types: types.into(), args: args.into() };
+        self.probes.borrow_mut().insert(ords.to_vec(), probe.clone());
+        probe
     }
 
     fn columns_for(&self, role: &str) -> Result<std::rc::Rc<Vec<Column>>, pgrx::spi::Error> {
@@ -597,51 +588,83 @@ fn set_local(name: &str, value: &str) {
     }
 }
 
-/// `sql` over `values` ($1 ords, $2 row images) with `snapshot`; the ords it returns.
-fn query_ords(sql: &str, mut values: [pg_sys::Datum; 2], snapshot: pg_sys::Snapshot) -> HashSet<i64> {
-    let mut visible = HashSet::new();
+/// Every check, in order (`checks` sorted by role): one executor per role and query, its
+/// groups run one after another with their claims set.
+fn run_checks(checks: &[Check], snapshot: pg_sys::Snapshot) -> Vec<(HashSet<i64>, Option<&'static str>)> {
+    let mut verdicts = Vec::with_capacity(checks.len());
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    let mut start = 0;
+    while start < checks.len() {
+        let Some(probe) = &checks[start].query else {
+            verdicts.push((checks[start].ords.iter().copied().collect(), checks[start].error));
+            start += 1;
+            continue;
+        };
+        let role = &checks[start].role;
+        let end = checks[start..]
+            .iter()
+            .position(|c| &c.role != role || c.query.as_ref().is_none_or(|q| q.sql != probe.sql))
+            .map_or(checks.len(), |n| start + n);
+        match role_oid(role) {
+            None => verdicts.extend((start..end).map(|_| (HashSet::new(), None))),
+            Some(oid) => as_user(oid, || unsafe {
+                let mut runs = None;
+                for check in &checks[start..end] {
+                    let claims: Value = serde_json::from_str(&check.claims).unwrap_or(Value::Null);
+                    set_local("request.jwt.claims", &check.claims);
+                    set_local("request.jwt.claim.sub", claims.get("sub").and_then(Value::as_str).unwrap_or_default());
+                    set_local("request.jwt.claim.role", claims.get("role").and_then(Value::as_str).unwrap_or_default());
+                    // Opened with the first group's claims set: planning may evaluate the
+                    // policies' stable expressions (for estimates only).
+                    let runs = runs.get_or_insert_with(|| Runs::open(&probe.sql, &probe.types, snapshot));
+                    let args = check.query.as_ref().map(|q| q.args.clone()).unwrap_or_default();
+                    verdicts.push((runs.run(&args), None));
+                }
+                if let Some(runs) = runs {
+                    runs.close();
+                }
+            }),
+        }
+        start = end;
+    }
+    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    verdicts
+}
+
+/// Runs `sql` (as the current user, `$1` the ords, `$2` their row images) returning one row of
+/// arrays; their types and values, copied out of SPI.
+fn key_arrays(sql: &str, ords: &[i64], images: Vec<JsonB>) -> (Vec<pg_sys::Oid>, Vec<Option<pg_sys::Datum>>) {
+    let null = pg_sys::Datum::from(0);
+    let mut values = [ords.to_vec().into_datum().unwrap_or(null), images.into_datum().unwrap_or(null)];
+    let mut types = [pg_sys::INT8ARRAYOID, pg_sys::JSONBARRAYOID];
+    let mut nulls = [b' ' as std::ffi::c_char; 2];
+    let text = std::ffi::CString::new(sql).unwrap_or_default();
+    let (mut oids, mut datums) = (Vec::new(), Vec::new());
     unsafe {
         pg_sys::SPI_connect();
-        let plan = match PLANS.with_borrow(|plans| plans.get(sql).copied()) {
-            Some(plan) => plan,
-            None => {
-                let Ok(text) = std::ffi::CString::new(sql) else {
-                    pg_sys::SPI_finish();
-                    return visible;
-                };
-                let mut types = [pg_sys::INT8ARRAYOID, pg_sys::JSONBARRAYOID];
-                let plan = pg_sys::SPI_prepare(text.as_ptr(), 2, types.as_mut_ptr());
-                if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
-                    pgrx::error!("pg_realtime: preparing the visibility check failed");
-                }
-                PLANS.with_borrow_mut(|plans| plans.insert(sql.to_owned(), plan));
-                plan
-            }
-        };
-        let mut nulls = [b' ' as std::ffi::c_char, b' ' as std::ffi::c_char];
-        let rc = pg_sys::SPI_execute_snapshot(
-            plan,
+        let rc = pg_sys::SPI_execute_with_args(
+            text.as_ptr(),
+            2,
+            types.as_mut_ptr(),
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),
-            snapshot,
-            std::ptr::null_mut(),
             true,
-            false,
-            0,
+            1,
         );
-        if rc == pg_sys::SPI_OK_SELECT as i32 {
-            let table = pg_sys::SPI_tuptable;
-            for i in 0..pg_sys::SPI_processed as usize {
-                let mut isnull = false;
-                let datum = pg_sys::SPI_getbinval(*(*table).vals.add(i), (*table).tupdesc, 1, &mut isnull);
-                if let Some(ord) = i64::from_datum(datum, isnull) {
-                    visible.insert(ord);
-                }
-            }
+        if rc != pg_sys::SPI_OK_SELECT as i32 || pg_sys::SPI_processed != 1 {
+            pgrx::error!("pg_realtime: reading the changed rows' keys failed ({rc})");
+        }
+        let table = pg_sys::SPI_tuptable;
+        let desc = (*table).tupdesc;
+        for column in 1..=(*desc).natts {
+            let mut isnull = false;
+            let datum = pg_sys::SPI_getbinval(*(*table).vals, desc, column, &mut isnull);
+            oids.push(pg_sys::SPI_gettypeid(desc, column));
+            datums.push((!isnull).then(|| pg_sys::SPI_datumTransfer(datum, false, -1)));
         }
         pg_sys::SPI_finish();
     }
-    visible
+    (oids, datums)
 }
 
 /// Runs `f` in a subtransaction; an ERROR inside rolls it back and yields its message.

@@ -17,6 +17,7 @@ mod horizon;
 mod notifier;
 mod pending;
 mod queue;
+mod rls;
 
 pgrx::pg_module_magic!();
 

@@ -105,24 +105,19 @@ impl Changes {
     pub fn deliver(&self, payload: &str) -> Result<(), serde_json::Error> {
         let routed: Routed = serde_json::from_str(payload)?;
         let targets = self.targets.read().unwrap_or_else(PoisonError::into_inner);
-        let mut channels: Vec<(&Target, Vec<u64>)> = Vec::new();
+        let mut channels: HashMap<u64, (&Target, Vec<u64>)> = HashMap::new();
         for id in &routed.subscriptions {
             let Some(target) = targets.get(id) else {
                 continue;
             };
-            match channels
-                .iter_mut()
-                .find(|(t, _)| t.channel == target.channel)
-            {
-                Some((_, ids)) => {
-                    if !ids.contains(&target.binding) {
-                        ids.push(target.binding);
-                    }
-                }
-                None => channels.push((target, vec![target.binding])),
+            let (_, ids) = channels
+                .entry(target.channel)
+                .or_insert_with(|| (target, Vec::new()));
+            if !ids.contains(&target.binding) {
+                ids.push(target.binding);
             }
         }
-        for (target, ids) in channels {
+        for (target, ids) in channels.into_values() {
             let payload = ChangeFrame {
                 ids: &ids,
                 data: routed.data,
