@@ -13,13 +13,15 @@ create unlogged table realtime.subscription (
     entity           regclass    not null,
     action_filter    text        not null default '*'
                                  check (action_filter in ('*', 'INSERT', 'UPDATE', 'DELETE')),
-    -- [{"column", "op", "negate", "value" | "values"}], validated by _subscribe
+    -- [{"column", "op", "negate", "value" | "values"}], validated by _subscribe; all of the
+    -- binding's filters but the one matched through eq_column / eq_value
     filters          jsonb       not null default '[]',
     claims           jsonb       not null,
     claims_role      name        not null,
     selected_columns text[],
     -- The first `eq` condition, for indexed matching: the column and its value as the column's
-    -- to_jsonb (what to_jsonb(row) -> column gives for an equal value).
+    -- to_jsonb (what to_jsonb(row) -> column gives for an equal value; both are rendered with
+    -- TimeZone UTC).
     eq_column        text,
     eq_value         jsonb,
     created_at       timestamptz not null default now()
@@ -216,6 +218,7 @@ create event trigger realtime_sync_publication on ddl_command_end
 create function realtime._subscribe(_sidecar uuid, _claims jsonb, _bindings jsonb)
 returns table (out_binding bigint, out_subscription bigint)
 language plpgsql volatile
+set timezone = 'UTC'
 as $$
 declare
     b jsonb;
@@ -225,6 +228,7 @@ declare
     col text;
     eq_col text;
     eq_val jsonb;
+    rest jsonb;
     _role text := _claims ->> 'role';
     sub_id bigint;
 begin
@@ -249,6 +253,7 @@ begin
         foreach entity in array entities loop
             eq_col := null;
             eq_val := null;
+            rest := '[]';
             for cond in select * from jsonb_array_elements(b -> 'filters') loop
                 col := cond ->> 'column';
                 if not exists (select from pg_catalog.pg_attribute
@@ -266,6 +271,8 @@ begin
                     execute format('select to_jsonb((jsonb_populate_record(null::%s, jsonb_build_object($2, $1))).%I)',
                                    entity, col)
                        into eq_val using cond ->> 'value', col;
+                else
+                    rest := rest || jsonb_build_array(cond);
                 end if;
             end loop;
             for col in select jsonb_array_elements_text(coalesce(b -> 'select', '[]')) loop
@@ -278,7 +285,7 @@ begin
             insert into realtime.subscription
                 (sidecar, binding, entity, action_filter, filters, claims, claims_role,
                  selected_columns, eq_column, eq_value)
-            values (_sidecar, (b ->> 'binding')::bigint, entity, b ->> 'event', coalesce(b -> 'filters', '[]'),
+            values (_sidecar, (b ->> 'binding')::bigint, entity, b ->> 'event', rest,
                     _claims, _role,
                     case when b ? 'select' and jsonb_typeof(b -> 'select') = 'array'
                          then array(select jsonb_array_elements_text(b -> 'select')) end,

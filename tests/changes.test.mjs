@@ -266,7 +266,7 @@ describe('row-level security: nobody sees what their policy hides', () => {
 
 describe('subscription lifecycle', () => {
   const count = async (marker) => {
-    const [{ n }] = await stack.sql('select count(*)::int as n from realtime.subscription where filters::text like $1', [`%${marker}%`]);
+    const [{ n }] = await stack.sql('select count(*)::int as n from realtime.subscription where concat(eq_value, filters) like $1', [`%${marker}%`]);
     return n;
   };
 

@@ -23,17 +23,19 @@ use pgrx::prelude::*;
 use pgrx::{IntoDatum, JsonB, PgTryBuilder};
 use serde_json::{json, Map, Value};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::pending;
 use crate::rls::Runs;
+use crate::spi;
 
 static GENERATION: pgrx::PgAtomic<AtomicU64> = unsafe { pgrx::PgAtomic::new(c"pg_realtime_subs_gen") };
 
 thread_local! {
-    /// Subscribed tables as of a generation.
-    static SUBSCRIBED: RefCell<Option<(u64, HashSet<pg_sys::Oid>)>> = const { RefCell::new(None) };
+    /// Subscribed tables (and the columns of their `eq` filters) as of a generation.
+    static SUBSCRIBED: RefCell<Option<(u64, HashMap<pg_sys::Oid, Rc<[String]>>)>> = const { RefCell::new(None) };
     /// This transaction changed subscriptions: move the generation again at commit, so that a
     /// backend that reloaded before the commit became visible reloads once more.
     static BUMP_AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -61,26 +63,32 @@ pub fn on_xact_end(committed: bool) {
     }
 }
 
-fn has_subscriptions(entity: pg_sys::Oid) -> bool {
+/// The columns of `entity`'s `eq`-filtered subscriptions; None: no subscriptions.
+fn subscribed(entity: pg_sys::Oid) -> Option<Rc<[String]>> {
     let generation = GENERATION.get().load(Ordering::Acquire);
-    let cached = SUBSCRIBED.with_borrow(|s| s.as_ref().filter(|(g, _)| *g == generation).map(|(_, set)| set.contains(&entity)));
+    let cached = SUBSCRIBED.with_borrow(|s| s.as_ref().filter(|(g, _)| *g == generation).map(|(_, t)| t.get(&entity).cloned()));
     if let Some(known) = cached {
         return known;
     }
-    let tables: HashSet<pg_sys::Oid> = as_superuser(|| {
+    let tables: HashMap<pg_sys::Oid, Rc<[String]>> = as_superuser(|| {
         Spi::connect(|client| {
-            let rows = client.select("select distinct entity::oid from realtime.subscription", None, &[])?;
-            let mut set = HashSet::new();
+            let rows = client.select(
+                "select entity::oid, array_remove(array_agg(distinct eq_column), null)
+                   from realtime.subscription group by entity",
+                None,
+                &[],
+            )?;
+            let mut tables = HashMap::new();
             for row in rows {
                 if let Some(oid) = row.get::<pg_sys::Oid>(1)? {
-                    set.insert(oid);
+                    tables.insert(oid, row.get::<Vec<String>>(2)?.unwrap_or_default().into());
                 }
             }
-            Ok::<_, pgrx::spi::Error>(set)
+            Ok::<_, pgrx::spi::Error>(tables)
         })
     })
     .unwrap_or_default();
-    let known = tables.contains(&entity);
+    let known = tables.get(&entity).cloned();
     SUBSCRIBED.set(Some((generation, tables)));
     known
 }
@@ -151,9 +159,9 @@ struct Check {
 /// parameters the rows' ords and primary key values as arrays (one per key column).
 #[derive(Clone)]
 struct Probe {
-    sql: std::rc::Rc<str>,
-    types: std::rc::Rc<[pg_sys::Oid]>,
-    args: std::rc::Rc<[Option<pg_sys::Datum>]>,
+    sql: Rc<str>,
+    types: Rc<[pg_sys::Oid]>,
+    args: Rc<[Option<pg_sys::Datum>]>,
 }
 
 #[pg_trigger]
@@ -161,9 +169,9 @@ fn _capture<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
     let entity = trigger.relid()?;
-    if !has_subscriptions(entity) {
+    let Some(eq_columns) = subscribed(entity) else {
         return Ok(None);
-    }
+    };
     let action = match trigger.op()? {
         pgrx::PgTriggerOperation::Insert => Action::Insert,
         pgrx::PgTriggerOperation::Update => Action::Update,
@@ -175,9 +183,12 @@ fn _capture<'a>(
     let data = trigger.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
     // A fixed search path (pg_catalog implicitly first): the writer's session cannot slip its
     // own functions or operators into the checks, and policies resolve names as by default.
+    // UTC: records read the same whoever wrote them, and `eq` filter values (rendered in UTC by
+    // _subscribe) match timestamptz columns.
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
     set_local("search_path", "\"$user\", public");
-    as_superuser(|| route(entity, action, before, data));
+    set_local("TimeZone", "UTC");
+    as_superuser(|| route(entity, &eq_columns, action, before, data));
     unsafe {
         pg_sys::AtEOXact_GUC(true, nest);
         pg_sys::UnregisterSnapshot(before);
@@ -185,90 +196,120 @@ fn _capture<'a>(
     Ok(None)
 }
 
+/// Candidate subscriptions of a statement's rows ($4 ords, $5 row images as text): those without
+/// an `eq` filter, and per `eq` column ($3) an index probe for the row's value — never a scan
+/// of every subscription of the table. Then the other filters.
+const MATCHES_SQL: &str = "
+    select r.ord, s.id, s.sidecar::text, s.claims_role::text, s.claims::text, s.selected_columns
+      from unnest($4::int8[], $5::text[]::jsonb[]) r(ord, rec)
+      cross join lateral (
+            select * from realtime.subscription s
+             where s.entity = $1 and s.eq_column is null and s.action_filter in ('*', $2)
+            union all
+            select p.* from unnest($3::text[]) c(col)
+             cross join lateral (
+                   select * from realtime.subscription s
+                    where s.entity = $1 and s.eq_column = c.col and s.eq_value = r.rec -> c.col
+                      and s.action_filter in ('*', $2)
+                   offset 0) p) s
+     where s.filters = '[]' or realtime._filters_pass($1::regclass, r.rec, s.filters)";
+const MATCHES_TYPES: [pg_sys::Oid; 5] =
+    [pg_sys::OIDOID, pg_sys::TEXTOID, pg_sys::TEXTARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID];
+
+const META_SQL: &str = "
+    select n.nspname::text, c.relname::text, c.relrowsecurity,
+           to_char(clock_timestamp() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+           $1::regclass::text
+      from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+     where c.oid = $1";
+
+/// Columns of table $1 in attnum order; the type name is empty for a column role $2 may not select.
+const COLUMNS_SQL: &str = "
+    select a.attname::text, quote_ident(a.attname),
+           case when has_column_privilege($2::text, a.attrelid, a.attnum, 'SELECT')
+                then (select t.typname::text from pg_catalog.pg_type t where t.oid = a.atttypid)
+                else '' end,
+           coalesce((select a.attnum = any(i.indkey::int2[]) from pg_catalog.pg_index i
+                      where i.indrelid = $1 and i.indisprimary), false)
+      from pg_catalog.pg_attribute a
+     where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
+     order by a.attnum";
+
+/// A changed row: its image as text and parsed (the new row; DELETE: the deleted row), and the
+/// old row (UPDATE, DELETE).
+struct Image {
+    text: String,
+    rec: Value,
+    old: Option<Value>,
+}
+
 /// Steps 2–4 of the module note, inside the trigger's SPI connection.
-fn route(entity: pg_sys::Oid, action: Action, before: pg_sys::Snapshot, data: *mut pg_sys::TriggerData) {
+fn route(
+    entity: pg_sys::Oid,
+    eq_columns: &[String],
+    action: Action,
+    before: pg_sys::Snapshot,
+    data: *mut pg_sys::TriggerData,
+) {
     let rows_sql = match action {
-        Action::Insert => "select row_number() over () as ord, to_jsonb(n) as rec, null::jsonb as old from realtime_new n",
+        Action::Insert => "select row_number() over () as ord, to_jsonb(n)::text, null from realtime_new n",
         Action::Update => {
-            "select n.ord, n.rec, o.rec as old
+            "select n.ord, n.rec::text, o.rec::text
                from (select row_number() over () as ord, to_jsonb(x) as rec from realtime_new x) n
                join (select row_number() over () as ord, to_jsonb(x) as rec from realtime_old x) o using (ord)"
         }
-        Action::Delete => "select row_number() over () as ord, to_jsonb(o) as rec, to_jsonb(o) as old from realtime_old o",
+        Action::Delete => "select row_number() over () as ord, to_jsonb(o)::text, to_jsonb(o)::text from realtime_old o",
     };
-    let matches_sql = format!(
-        "with rows as ({rows_sql}),
-              cols as (select distinct eq_column from realtime.subscription
-                        where entity = $1 and eq_column is not null)
-         select r.ord, s.id, s.sidecar::text, s.claims_role::text, s.claims::text, s.selected_columns
-           from rows r
-           cross join lateral (
-                 select * from realtime.subscription s
-                  where s.entity = $1 and s.eq_column is null and s.action_filter in ('*', $2)
-                 union all
-                 select s.* from cols c
-                   join realtime.subscription s
-                     on s.entity = $1 and s.eq_column = c.eq_column and s.eq_value = r.rec -> c.eq_column
-                    and s.action_filter in ('*', $2)) s
-          where s.filters = '[]' or realtime._filters_pass($1::regclass, r.rec, s.filters)"
-    );
-    let rows_text_sql = format!("select ord, rec::text, old::text from ({rows_sql}) r");
     let loaded = Spi::connect_mut(|client| {
         // The transition tables are visible to queries on this connection only.
         unsafe { pg_sys::SPI_register_trigger_data(data) };
-        let mut matches = Vec::new();
-        let table = client.update(&matches_sql, None, &[entity.into(), action.name().into()])?;
-        for row in table {
-            matches.push(Match {
-                ord: row.get::<i64>(1)?.unwrap_or_default(),
-                subscription: row.get::<i64>(2)?.unwrap_or_default(),
-                sidecar: row.get::<String>(3)?.unwrap_or_default(),
-                role: row.get::<String>(4)?.unwrap_or_default(),
-                claims: row.get::<String>(5)?.unwrap_or_default(),
-                selected: row.get::<Vec<String>>(6)?,
-            });
-        }
         let mut rows = BTreeMap::new();
-        if !matches.is_empty() {
-            for row in client.select(&rows_text_sql, None, &[])? {
-                let ord = row.get::<i64>(1)?.unwrap_or_default();
-                rows.insert(ord, (row.get::<String>(2)?.unwrap_or_default(), row.get::<String>(3)?));
+        for row in client.select(rows_sql, None, &[])? {
+            let ord = row.get::<i64>(1)?.unwrap_or_default();
+            rows.insert(ord, (row.get::<String>(2)?.unwrap_or_default(), row.get::<String>(3)?));
+        }
+        let mut matches = Vec::new();
+        let mut meta = None;
+        let ords: Vec<i64> = rows.keys().copied().collect();
+        let images: Vec<&str> = rows.values().map(|(rec, _)| rec.as_str()).collect();
+        let args = [
+            entity.into_datum(),
+            action.name().into_datum(),
+            eq_columns.to_vec().into_datum(),
+            ords.into_datum(),
+            images.into_datum(),
+        ];
+        unsafe {
+            spi::run(MATCHES_SQL, &MATCHES_TYPES, &args, false, |row| {
+                matches.push(Match {
+                    ord: row.get(1).unwrap_or_default(),
+                    subscription: row.get(2).unwrap_or_default(),
+                    sidecar: row.get(3).unwrap_or_default(),
+                    role: row.get(4).unwrap_or_default(),
+                    claims: row.get(5).unwrap_or_default(),
+                    selected: row.get(6),
+                })
+            });
+            if !matches.is_empty() {
+                spi::run(META_SQL, &[pg_sys::OIDOID], &[entity.into_datum()], true, |row| {
+                    meta = Some((row.get(1), row.get(2), row.get(3), row.get(4), row.get(5)))
+                });
             }
         }
-        let meta = client.select(
-            "select n.nspname::text, c.relname::text, c.relrowsecurity,
-                    to_char(clock_timestamp() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                    $1::regclass::text
-               from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-              where c.oid = $1",
-            None,
-            &[entity.into()],
-        )?;
-        let meta = meta.first();
-        let meta = (
-            meta.get::<String>(1)?,
-            meta.get::<String>(2)?,
-            meta.get::<bool>(3)?,
-            meta.get::<String>(4)?,
-            meta.get::<String>(5)?,
-        );
         Ok::<_, pgrx::spi::Error>((matches, rows, meta))
     });
     let (mut matches, rows, meta) = match loaded {
         Ok(loaded) => loaded,
         Err(err) => pgrx::error!("pg_realtime: reading subscriptions failed: {err}"),
     };
-    if matches.is_empty() {
-        return;
-    }
-    let (Some(schema), Some(table), Some(rls), Some(commit_timestamp), Some(entity_sql)) = meta else {
+    let Some((Some(schema), Some(table), Some(rls), Some(commit_timestamp), Some(entity_sql))) = meta else {
         return;
     };
-    let rows: BTreeMap<i64, (Value, Option<Value>)> = rows
+    let rows: BTreeMap<i64, Image> = rows
         .into_iter()
-        .map(|(ord, (rec, old))| {
-            let rec = serde_json::from_str(&rec).unwrap_or(Value::Null);
-            (ord, (rec, old.and_then(|o| serde_json::from_str(&o).ok())))
+        .map(|(ord, (text, old))| {
+            let rec = serde_json::from_str(&text).unwrap_or(Value::Null);
+            (ord, Image { text, rec, old: old.and_then(|o| serde_json::from_str(&o).ok()) })
         })
         .collect();
     let change = Change {
@@ -308,15 +349,15 @@ struct Change {
     rls: bool,
     before: pg_sys::Snapshot,
     /// Columns as each role sees them, loaded once per role per statement.
-    columns: RefCell<std::collections::HashMap<String, std::rc::Rc<Vec<Column>>>>,
+    columns: RefCell<HashMap<String, Rc<Vec<Column>>>>,
     /// Checks by row set (datums in the trigger's memory context).
-    probes: RefCell<std::collections::HashMap<Vec<i64>, Probe>>,
+    probes: RefCell<HashMap<Vec<i64>, Probe>>,
 }
 
 impl Change {
     /// Privileges and RLS per (role, claims) group, then one queue row per (change, sidecar,
     /// column view) listing every subscription that may see it.
-    fn deliver(&self, groups: &[&[Match]], rows: &BTreeMap<i64, (Value, Option<Value>)>) {
+    fn deliver(&self, groups: &[&[Match]], rows: &BTreeMap<i64, Image>) {
         // Inserted and updated rows are checked as they are after the statement: one snapshot
         // for all groups, taken once the statement's changes are visible.
         let snapshot = if self.action == Action::Delete {
@@ -340,10 +381,9 @@ impl Change {
             }
         }
         for ((ord, sidecar, role, selected, error), subscriptions) in out {
-            let (Some((rec, old)), Ok(columns)) = (rows.get(&ord), self.columns_for(role)) else {
-                continue;
-            };
-            let data = self.data(&columns, selected, rec, old.as_ref(), error);
+            let Some(image) = rows.get(&ord) else { continue };
+            let columns = self.columns_for(role);
+            let data = self.data(&columns, selected, &image.rec, image.old.as_ref(), error);
             let payload = json!({ "subscriptions": subscriptions, "data": data });
             if let Some(datum) = JsonB(payload).into_datum() {
                 pending::push(
@@ -368,7 +408,7 @@ impl Change {
     fn check_groups(
         &self,
         groups: &[&[Match]],
-        rows: &BTreeMap<i64, (Value, Option<Value>)>,
+        rows: &BTreeMap<i64, Image>,
         snapshot: pg_sys::Snapshot,
     ) -> Vec<(HashSet<i64>, Option<&'static str>)> {
         let checks: Vec<Check> = groups.iter().map(|g| self.plan_check(g, rows)).collect();
@@ -396,7 +436,7 @@ impl Change {
 
     /// What checking one group takes: its error (no primary key, primary key not selectable),
     /// or the RLS query to run for its rows.
-    fn plan_check(&self, group: &[Match], rows: &BTreeMap<i64, (Value, Option<Value>)>) -> Check {
+    fn plan_check(&self, group: &[Match], rows: &BTreeMap<i64, Image>) -> Check {
         let first = &group[0];
         let mut ords: Vec<i64> = group.iter().map(|m| m.ord).collect();
         ords.dedup();
@@ -407,14 +447,7 @@ impl Change {
             error: None,
             query: None,
         };
-        let columns = match self.columns_for(&first.role) {
-            Ok(columns) => columns,
-            Err(err) => {
-                pgrx::warning!("pg_realtime: columns of {} for role {}: {err}", self.entity_sql, first.role);
-                check.ords.clear();
-                return check;
-            }
-        };
+        let columns = self.columns_for(&first.role);
         let pk: Vec<&Column> = columns.iter().filter(|c| c.is_pk).collect();
         if pk.is_empty() {
             check.error = Some("Error 400: Bad Request, no primary key");
@@ -430,20 +463,15 @@ impl Change {
     /// check the same rows. The keys are typed arrays taken out of the row images here, so a
     /// check does no JSON work and its lookup is a primary key index probe (the LIMIT keeps it
     /// one whatever the generic plan thinks of the table's size).
-    fn probe_for(&self, ords: &[i64], pk: &[&Column], rows: &BTreeMap<i64, (Value, Option<Value>)>) -> Probe {
+    fn probe_for(&self, ords: &[i64], pk: &[&Column], rows: &BTreeMap<i64, Image>) -> Probe {
         if let Some(probe) = self.probes.borrow().get(ords) {
             return probe.clone();
         }
-        let images: Vec<JsonB> = ords
-            .iter()
-            .map(|ord| {
-                let (rec, old) = &rows[ord];
-                JsonB(if self.action == Action::Delete { old.clone().unwrap_or(Value::Null) } else { rec.clone() })
-            })
-            .collect();
+        // The checked image is the row's after the statement, or the deleted row.
+        let images: Vec<&str> = ords.iter().map(|ord| rows[ord].text.as_str()).collect();
         let keys_sql = format!(
             "select pg_catalog.array_agg(r.ord order by r.ord), {}
-               from unnest($1::int8[], $2::jsonb[]) r(ord, rec)",
+               from unnest($1::int8[], $2::text[]::jsonb[]) r(ord, rec)",
             pk.iter()
                 .map(|c| format!(
                     "pg_catalog.array_agg((pg_catalog.jsonb_populate_record(null::{}, r.rec)).{} order by r.ord)",
@@ -473,42 +501,30 @@ impl Change {
         probe
     }
 
-    fn columns_for(&self, role: &str) -> Result<std::rc::Rc<Vec<Column>>, pgrx::spi::Error> {
+    fn columns_for(&self, role: &str) -> Rc<Vec<Column>> {
         if let Some(columns) = self.columns.borrow().get(role) {
-            return Ok(columns.clone());
+            return columns.clone();
         }
-        let columns = std::rc::Rc::new(self.columns(role)?);
+        let columns = Rc::new(self.columns(role));
         self.columns.borrow_mut().insert(role.to_owned(), columns.clone());
-        Ok(columns)
+        columns
     }
 
     /// Columns in attnum order; `type_name` is empty for a column `role` may not select.
-    fn columns(&self, role: &str) -> Result<Vec<Column>, pgrx::spi::Error> {
-        Spi::connect(|client| {
-            let rows = client.select(
-                "select a.attname::text, quote_ident(a.attname),
-                        case when has_column_privilege($2::text, a.attrelid, a.attnum, 'SELECT')
-                             then t.typname::text else '' end,
-                        coalesce(a.attnum = any(i.indkey::int2[]), false)
-                   from pg_catalog.pg_attribute a
-                   join pg_catalog.pg_type t on t.oid = a.atttypid
-                   left join pg_catalog.pg_index i on i.indrelid = a.attrelid and i.indisprimary
-                  where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
-                  order by a.attnum",
-                None,
-                &[self.entity.into(), role.into()],
-            )?;
-            let mut columns = Vec::new();
-            for row in rows {
+    fn columns(&self, role: &str) -> Vec<Column> {
+        let mut columns = Vec::new();
+        let args = [self.entity.into_datum(), role.into_datum()];
+        Spi::connect(|_| unsafe {
+            spi::run(COLUMNS_SQL, &[pg_sys::OIDOID, pg_sys::TEXTOID], &args, true, |row| {
                 columns.push(Column {
-                    name: row.get::<String>(1)?.unwrap_or_default(),
-                    quoted: row.get::<String>(2)?.unwrap_or_default(),
-                    type_name: row.get::<String>(3)?.unwrap_or_default(),
-                    is_pk: row.get::<bool>(4)?.unwrap_or_default(),
-                });
-            }
-            Ok(columns)
-        })
+                    name: row.get(1).unwrap_or_default(),
+                    quoted: row.get(2).unwrap_or_default(),
+                    type_name: row.get(3).unwrap_or_default(),
+                    is_pk: row.get(4).unwrap_or_default(),
+                })
+            })
+        });
+        columns
     }
 
     fn data(
@@ -631,40 +647,20 @@ fn run_checks(checks: &[Check], snapshot: pg_sys::Snapshot) -> Vec<(HashSet<i64>
     verdicts
 }
 
-/// Runs `sql` (as the current user, `$1` the ords, `$2` their row images) returning one row of
-/// arrays; their types and values, copied out of SPI.
-fn key_arrays(sql: &str, ords: &[i64], images: Vec<JsonB>) -> (Vec<pg_sys::Oid>, Vec<Option<pg_sys::Datum>>) {
-    let null = pg_sys::Datum::from(0);
-    let mut values = [ords.to_vec().into_datum().unwrap_or(null), images.into_datum().unwrap_or(null)];
-    let mut types = [pg_sys::INT8ARRAYOID, pg_sys::JSONBARRAYOID];
-    let mut nulls = [b' ' as std::ffi::c_char; 2];
-    let text = std::ffi::CString::new(sql).unwrap_or_default();
-    let (mut oids, mut datums) = (Vec::new(), Vec::new());
-    unsafe {
-        pg_sys::SPI_connect();
-        let rc = pg_sys::SPI_execute_with_args(
-            text.as_ptr(),
-            2,
-            types.as_mut_ptr(),
-            values.as_mut_ptr(),
-            nulls.as_mut_ptr(),
-            true,
-            1,
-        );
-        if rc != pg_sys::SPI_OK_SELECT as i32 || pg_sys::SPI_processed != 1 {
-            pgrx::error!("pg_realtime: reading the changed rows' keys failed ({rc})");
-        }
-        let table = pg_sys::SPI_tuptable;
-        let desc = (*table).tupdesc;
-        for column in 1..=(*desc).natts {
-            let mut isnull = false;
-            let datum = pg_sys::SPI_getbinval(*(*table).vals, desc, column, &mut isnull);
-            oids.push(pg_sys::SPI_gettypeid(desc, column));
-            datums.push((!isnull).then(|| pg_sys::SPI_datumTransfer(datum, false, -1)));
-        }
-        pg_sys::SPI_finish();
-    }
-    (oids, datums)
+/// Runs `sql` (`$1` the ords, `$2` their row images as text) returning one row of arrays; their
+/// types and values, copied out of SPI.
+fn key_arrays(sql: &str, ords: &[i64], images: Vec<&str>) -> (Vec<pg_sys::Oid>, Vec<Option<pg_sys::Datum>>) {
+    let (mut types, mut values) = (Vec::new(), Vec::new());
+    let args = [ords.to_vec().into_datum(), images.into_datum()];
+    Spi::connect(|_| unsafe {
+        spi::run(sql, &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID], &args, true, |row| {
+            for n in 1..=row.columns() {
+                types.push(row.type_of(n));
+                values.push(row.transfer(n));
+            }
+        })
+    });
+    (types, values)
 }
 
 /// Runs `f` in a subtransaction; an ERROR inside rolls it back and yields its message.

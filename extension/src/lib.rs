@@ -18,6 +18,7 @@ mod notifier;
 mod pending;
 mod queue;
 mod rls;
+mod spi;
 
 pgrx::pg_module_magic!();
 

@@ -4,8 +4,7 @@
 //! the group may see: one query (`ords` out, primary keys in) run as the group's role with its
 //! claims in `request.jwt.claims`. Starting an executor costs more than such a check, so the
 //! groups of one role share one executor ([`Runs`]):
-//! - the query's generic plan comes from the plan cache (one per query text and parameter
-//!   types, kept for the backend's life; the cache revalidates it after DDL and replans for
+//! - the query's generic plan comes from the plan cache (kept, see `spi`; replanned for
 //!   another role);
 //! - a private copy of the plan is made to depend, in every node and subplan, on one extra
 //!   executor parameter that nothing reads. Before each later run that parameter is marked
@@ -22,14 +21,10 @@
 //! pushed snapshot. Callers must not use a [`Runs`] after an error.
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::{c_char, c_int, CString};
 
-thread_local! {
-    static PLANS: RefCell<HashMap<(String, Vec<pg_sys::Oid>), pg_sys::SPIPlanPtr>> =
-        RefCell::new(HashMap::new());
-}
+use crate::spi;
 
 /// Many runs of one query returning `int8` ords, as the current user, with `snapshot`.
 pub struct Runs {
@@ -51,7 +46,9 @@ impl Runs {
     /// Inside a transaction, under the resource owner and memory context that will be current
     /// for every later call on the value.
     pub unsafe fn open(sql: &str, types: &[pg_sys::Oid], snapshot: pg_sys::Snapshot) -> Runs {
-        let source = cached_source(sql, types);
+        pg_sys::SPI_connect();
+        let source = spi::source(spi::kept(sql, types));
+        pg_sys::SPI_finish();
         let plan = pg_sys::GetCachedPlan(source, std::ptr::null_mut(), pg_sys::CurrentResourceOwner, std::ptr::null_mut());
         let list = (*plan).stmt_list;
         if list.is_null() || (*list).length != 1 {
@@ -157,34 +154,6 @@ impl Runs {
         pg_sys::FreeQueryDesc(self.query);
         self.query = std::ptr::null_mut();
     }
-}
-
-/// The kept plan source of `sql`, prepared for generic plans (a custom plan would be planned
-/// again for every run).
-unsafe fn cached_source(sql: &str, types: &[pg_sys::Oid]) -> *mut pg_sys::CachedPlanSource {
-    let key = (sql.to_owned(), types.to_vec());
-    let plan = match PLANS.with_borrow(|plans| plans.get(&key).copied()) {
-        Some(plan) => plan,
-        None => {
-            let text = CString::new(sql).unwrap_or_default();
-            let mut types = types.to_vec();
-            pg_sys::SPI_connect();
-            let plan = pg_sys::SPI_prepare_cursor(
-                text.as_ptr(),
-                types.len() as c_int,
-                types.as_mut_ptr(),
-                pg_sys::CURSOR_OPT_GENERIC_PLAN as c_int,
-            );
-            if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
-                pgrx::error!("pg_realtime: preparing the visibility check failed");
-            }
-            pg_sys::SPI_finish();
-            PLANS.with_borrow_mut(|plans| plans.insert(key, plan));
-            plan
-        }
-    };
-    let sources = pg_sys::SPI_plan_get_plan_sources(plan);
-    (*(*sources).elements).ptr_value.cast()
 }
 
 /// The next free executor parameter number.

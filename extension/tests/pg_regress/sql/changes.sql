@@ -84,6 +84,19 @@ insert into todos values (7, 'alice', 'still written', '');
 select count(*) as written from todos where id = 7;
 drop policy broken on todos;
 
+-- an eq filter on timestamptz matches whatever the writer's TimeZone; records read in UTC
+create table events (id int primary key, at timestamptz);
+grant select on events to authenticated;
+select realtime.enable('events');
+select count(*) from realtime._subscribe('00000000-0000-0000-0000-00000000000b', '{"role":"authenticated","sub":"carol"}',
+  '[{"binding": 15, "event": "*", "schema": "public", "table": "events", "filters": [{"column": "at", "op": "eq", "value": "2026-01-01T00:00:00+00:00"}]}]');
+select max(seq) as head from realtime.queue \gset
+set timezone = 'Asia/Tokyo';
+insert into events values (1, '2026-01-01 09:00:00+09'), (2, '2026-01-01 00:00:00+09');
+reset timezone;
+select payload::jsonb -> 'subscriptions' as subs, payload::jsonb #> '{data,record}' as record
+  from realtime._poll(:'epoch', :head, 100) where extension = 'postgres_changes' order by seq;
+
 -- unsubscribing and disabling
 select realtime._unsubscribe('00000000-0000-0000-0000-00000000000a', array(select id from realtime.subscription));
 select count(*) as left_for_other_sidecar from realtime.subscription;
@@ -92,4 +105,4 @@ select count(*) as triggers_left from pg_trigger where tgrelid = 'todos'::regcla
 select realtime._sweep_subscriptions('00000000-0000-0000-0000-00000000000b', '{}', '0 seconds');
 select count(*) as swept from realtime.subscription;
 drop view todo_view;
-drop table todos, nopk, parts;
+drop table todos, nopk, parts, events;
