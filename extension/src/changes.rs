@@ -35,11 +35,14 @@ static GENERATION: pgrx::PgAtomic<AtomicU64> = unsafe { pgrx::PgAtomic::new(c"pg
 
 thread_local! {
     /// Subscribed tables (and the columns of their `eq` filters) as of a generation.
-    static SUBSCRIBED: RefCell<Option<(u64, HashMap<pg_sys::Oid, Rc<[String]>>)>> = const { RefCell::new(None) };
+    static SUBSCRIBED: RefCell<Option<(u64, Subscribed)>> = const { RefCell::new(None) };
     /// This transaction changed subscriptions: move the generation again at commit, so that a
     /// backend that reloaded before the commit became visible reloads once more.
     static BUMP_AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
+
+/// Subscribed tables and the columns of their subscriptions' `eq` filters.
+type Subscribed = HashMap<pg_sys::Oid, Rc<[String]>>;
 
 pub fn init_shmem() {
     pgrx::pg_shmem_init!(GENERATION = AtomicU64::new(1));
@@ -70,7 +73,7 @@ fn subscribed(entity: pg_sys::Oid) -> Option<Rc<[String]>> {
     if let Some(known) = cached {
         return known;
     }
-    let tables: HashMap<pg_sys::Oid, Rc<[String]>> = as_superuser(|| {
+    let tables: Subscribed = as_superuser(|| {
         Spi::connect(|client| {
             let rows = client.select(
                 "select entity::oid, array_remove(array_agg(distinct eq_column), null)
