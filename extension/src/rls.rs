@@ -66,6 +66,8 @@ impl Runs {
                 true
             });
             rescan = Some(param);
+        } else {
+            pgrx::debug1!("pg_realtime: the visibility check plan cannot be rescanned; one executor per group");
         }
         let params = pg_sys::makeParamList(types.len() as c_int);
         for (slot, ty) in (*params).params.as_mut_slice(types.len()).iter_mut().zip(types) {

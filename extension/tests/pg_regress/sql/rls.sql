@@ -40,7 +40,9 @@ language sql as $$
    group by 1, 2 order by 1, 2
 $$;
 
--- members: room 1 u1 u2, room 2 u2 u3, room 3 u4; u5 and guest nowhere
+-- members: room 1 u1 u2, room 2 u2 u3, room 3 u4; u5 and guest nowhere. A DEBUG line shows
+-- when a check cannot share its executor.
+set client_min_messages = debug1;
 -- 1. an InitPlan (the `(select auth.uid())` habit) feeding a hashed IN subquery
 create policy p on msgs for select to authenticated using (room in (
   select m.room from members m where m.user_id = (select current_setting('request.jwt.claims', true)::jsonb ->> 'sub')));
@@ -64,7 +66,8 @@ delete from msgs where id in (1, 2, 3);
 select * from heard(:'epoch', :head);
 select max(seq) as head from realtime.queue \gset
 
--- 4. a partitioned membership table pruned by the claims
+-- 4. a partitioned membership table pruned by the claims: pruning decided at executor start,
+-- so each group gets a fresh executor (the DEBUG line)
 drop policy p on msgs;
 create policy p on msgs for select to authenticated using (exists (
   select 1 from part_members m where m.room = msgs.room and m.user_id = current_setting('request.jwt.claims', true)::jsonb ->> 'sub'));
@@ -91,6 +94,7 @@ create policy p on msgs for select to authenticated using ((current_setting('req
 insert into msgs values (4, 1, '');
 select * from heard(:'epoch', :head);
 
+reset client_min_messages;
 select realtime._unsubscribe('00000000-0000-0000-0000-00000000000c', array(select id from realtime.subscription));
 drop table msgs, members, part_members;
 drop function my_rooms(), heard(text, bigint);
