@@ -134,10 +134,17 @@ impl Action {
 struct Match {
     ord: i64,
     subscription: i64,
+    who: Rc<Subscriber>,
+}
+
+/// What a matched subscription's delivery depends on, loaded once per statement.
+struct Subscriber {
     sidecar: String,
     role: String,
     claims: String,
     selected: Option<Vec<String>>,
+    /// The (role, claims) group's number: equal for equal (role, claims).
+    group: usize,
 }
 
 /// A column of the captured table.
@@ -203,7 +210,7 @@ fn _capture<'a>(
 /// an `eq` filter, and per `eq` column ($3) an index probe for the row's value — never a scan
 /// of every subscription of the table. Then the other filters.
 const MATCHES_SQL: &str = "
-    select r.ord, s.id, s.sidecar::text, s.claims_role::text, s.claims::text, s.selected_columns
+    select r.ord, s.id
       from unnest($4::int8[], $5::text[]::jsonb[]) r(ord, rec)
       cross join lateral (
             select * from realtime.subscription s
@@ -218,6 +225,10 @@ const MATCHES_SQL: &str = "
      where s.filters = '[]' or realtime._filters_pass($1::regclass, r.rec, s.filters)";
 const MATCHES_TYPES: [pg_sys::Oid; 5] =
     [pg_sys::OIDOID, pg_sys::TEXTOID, pg_sys::TEXTARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID];
+
+const SUBSCRIBERS_SQL: &str = "
+    select id, sidecar::text, claims_role::text, claims::text, selected_columns
+      from realtime.subscription where id = any($1)";
 
 const META_SQL: &str = "
     select n.nspname::text, c.relname::text, c.relrowsecurity,
@@ -244,6 +255,37 @@ struct Image {
     text: String,
     rec: Value,
     old: Option<Value>,
+}
+
+/// The details of subscriptions `ids`, numbered by (role, claims) group. Inside SPI.
+unsafe fn subscribers(mut ids: Vec<i64>) -> HashMap<i64, Rc<Subscriber>> {
+    ids.sort_unstable();
+    ids.dedup();
+    let mut loaded = Vec::with_capacity(ids.len());
+    spi::run(SUBSCRIBERS_SQL, &[pg_sys::INT8ARRAYOID], &[ids.into_datum()], true, |row| {
+        let subscriber = Subscriber {
+            sidecar: row.get(2).unwrap_or_default(),
+            role: row.get(3).unwrap_or_default(),
+            claims: row.get(4).unwrap_or_default(),
+            selected: row.get(5),
+            group: 0,
+        };
+        loaded.push((row.get::<i64>(1).unwrap_or_default(), subscriber))
+    });
+    loaded.sort_unstable_by(|(_, a), (_, b)| (&a.role, &a.claims).cmp(&(&b.role, &b.claims)));
+    let mut by_id = HashMap::with_capacity(loaded.len());
+    let mut last: Option<Rc<Subscriber>> = None;
+    for (id, mut subscriber) in loaded {
+        subscriber.group = match &last {
+            Some(prev) if (&prev.role, &prev.claims) == (&subscriber.role, &subscriber.claims) => prev.group,
+            Some(prev) => prev.group + 1,
+            None => 0,
+        };
+        let subscriber = Rc::new(subscriber);
+        by_id.insert(id, subscriber.clone());
+        last = Some(subscriber);
+    }
+    by_id
 }
 
 /// Steps 2–4 of the module note, inside the trigger's SPI connection.
@@ -283,16 +325,18 @@ fn route(
             images.into_datum(),
         ];
         unsafe {
+            let mut pairs: Vec<(i64, i64)> = Vec::new();
             spi::run(MATCHES_SQL, &MATCHES_TYPES, &args, false, |row| {
-                matches.push(Match {
-                    ord: row.get(1).unwrap_or_default(),
-                    subscription: row.get(2).unwrap_or_default(),
-                    sidecar: row.get(3).unwrap_or_default(),
-                    role: row.get(4).unwrap_or_default(),
-                    claims: row.get(5).unwrap_or_default(),
-                    selected: row.get(6),
-                })
+                pairs.push((row.get(1).unwrap_or_default(), row.get(2).unwrap_or_default()))
             });
+            if !pairs.is_empty() {
+                // Each subscription's details once, not once per matched row.
+                let by_id = subscribers(pairs.iter().map(|&(_, id)| id).collect());
+                matches = pairs
+                    .into_iter()
+                    .filter_map(|(ord, id)| Some(Match { ord, subscription: id, who: by_id.get(&id)?.clone() }))
+                    .collect();
+            }
             if !matches.is_empty() {
                 spi::run(META_SQL, &[pg_sys::OIDOID], &[entity.into_datum()], true, |row| {
                     meta = Some((row.get(1), row.get(2), row.get(3), row.get(4), row.get(5)))
@@ -327,13 +371,13 @@ fn route(
         columns: RefCell::default(),
         probes: RefCell::default(),
     };
-    matches.sort_unstable_by(|a, b| (&a.role, &a.claims, a.ord).cmp(&(&b.role, &b.claims, b.ord)));
+    matches.sort_unstable_by_key(|m| (m.who.group, m.ord));
     let mut groups = Vec::new();
     let mut start = 0;
     while start < matches.len() {
         let end = matches[start..]
             .iter()
-            .position(|m| m.role != matches[start].role || m.claims != matches[start].claims)
+            .position(|m| m.who.group != matches[start].who.group)
             .map_or(matches.len(), |n| start + n);
         groups.push(&matches[start..end]);
         start = end;
@@ -379,7 +423,7 @@ impl Change {
         let mut out: BTreeMap<View, Vec<i64>> = BTreeMap::new();
         for (group, (visible, error)) in groups.iter().zip(&verdicts) {
             for m in group.iter().filter(|m| visible.contains(&m.ord)) {
-                let view = (m.ord, m.sidecar.as_str(), m.role.as_str(), m.selected.as_ref(), *error);
+                let view = (m.ord, m.who.sidecar.as_str(), m.who.role.as_str(), m.who.selected.as_ref(), *error);
                 out.entry(view).or_default().push(m.subscription);
             }
         }
@@ -444,13 +488,13 @@ impl Change {
         let mut ords: Vec<i64> = group.iter().map(|m| m.ord).collect();
         ords.dedup();
         let mut check = Check {
-            role: first.role.clone(),
-            claims: first.claims.clone(),
+            role: first.who.role.clone(),
+            claims: first.who.claims.clone(),
             ords,
             error: None,
             query: None,
         };
-        let columns = self.columns_for(&first.role);
+        let columns = self.columns_for(&first.who.role);
         let pk: Vec<&Column> = columns.iter().filter(|c| c.is_pk).collect();
         if pk.is_empty() {
             check.error = Some("Error 400: Bad Request, no primary key");
