@@ -22,7 +22,8 @@
 # Knobs (environment): BENCH_PG_PORT, BENCH_SIDECAR_PORT, BENCH_RELAY_PORT (first port tried),
 # BENCH_SUBSCRIBERS (1000), BENCH_QUICK=1 (a short smoke run: 200 subscribers, 2,000 idle
 # connections, short steps, Postgres Changes with 200 and 20 subscribers), BENCH_ONLY="changes
-# joins" (run only these stages of: memory fanout roundtrip push writers capture joins changes).
+# joins" (run and report only these stages of: memory fanout roundtrip push writers capture joins
+# changes).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -125,6 +126,7 @@ cat >"$RAW/meta.json" <<JSON
   "git_rev": "$(git rev-parse --short HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD 2>/dev/null || echo '+dirty')",
   "postgres": "$("$PGBIN/postgres" --version)",
   "quick": $([ "$QUICK" = 1 ] && echo true || echo false),
+  "only": "${BENCH_ONLY:-}",
   "sidecar": "target/release/pg-realtime-sidecar with default settings",
   "relay": "pg-realtime-bench relay: one LISTEN connection, client broadcasts relayed in-process to the other room members, frame serialized once, tokio-tungstenite, 4 KiB buffers"
 }

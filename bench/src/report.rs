@@ -103,7 +103,10 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         problems.push(format!("meta: {e}"));
         json!({})
     });
-    let load = |file: &str, what: &str, problems: &mut Vec<String>| -> Option<FanoutResult> {
+    // A partial run (BENCH_ONLY) reports what it measured; the other stages are not missing.
+    let only: Vec<String> = meta["only"].as_str().unwrap_or("").split_whitespace().map(str::to_owned).collect();
+    let skipped = |stage: &str| !only.is_empty() && !only.iter().any(|s| s == stage);
+    let load = |file: &str, stage: &str, what: &str, problems: &mut Vec<String>| -> Option<FanoutResult> {
         match read::<FanoutResult>(&raw.join(format!("{file}.json"))) {
             Ok(r) => {
                 if let Some(e) = &r.error {
@@ -112,35 +115,43 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
                 Some(r)
             }
             Err(e) => {
-                problems.push(format!("{what}: results missing: {e}"));
+                if !skipped(stage) {
+                    problems.push(format!("{what}: results missing: {e}"));
+                }
                 None
             }
         }
     };
     let side = load(
         "fanout-sidecar",
+        "fanout",
         "fan-out run against the sidecar",
         &mut problems,
     );
     let relay = load(
         "fanout-relay",
+        "fanout",
         "fan-out run against the relay",
         &mut problems,
     );
     let push_side = load(
         "fanout-push-sidecar",
+        "push",
         "client broadcast fan-out against the sidecar",
         &mut problems,
     );
     let push_relay = load(
         "fanout-push-relay",
+        "push",
         "client broadcast fan-out against the relay",
         &mut problems,
     );
     let roundtrip: Option<RoundTripResult> = match read(&raw.join("roundtrip.json")) {
         Ok(r) => Some(r),
         Err(e) => {
-            problems.push(format!("round-trip results missing: {e}"));
+            if !skipped("roundtrip") {
+                problems.push(format!("round-trip results missing: {e}"));
+            }
             None
         }
     };
@@ -150,7 +161,9 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
     let memory: Option<MemoryResult> = match read(&raw.join("memory.json")) {
         Ok(r) => Some(r),
         Err(e) => {
-            problems.push(format!("memory results missing: {e}"));
+            if !skipped("memory") {
+                problems.push(format!("memory results missing: {e}"));
+            }
             None
         }
     };
@@ -160,7 +173,9 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
     let writers: Option<WritersResult> = match read(&raw.join("writers.json")) {
         Ok(w) => Some(w),
         Err(e) => {
-            problems.push(format!("writer results missing: {e}"));
+            if !skipped("writers") {
+                problems.push(format!("writer results missing: {e}"));
+            }
             None
         }
     };
@@ -170,7 +185,9 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
     let capture: Option<WritersResult> = match read(&raw.join("capture.json")) {
         Ok(w) => Some(w),
         Err(e) => {
-            problems.push(format!("capture writer results missing: {e}"));
+            if !skipped("capture") {
+                problems.push(format!("capture writer results missing: {e}"));
+            }
             None
         }
     };
@@ -180,7 +197,9 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
     let changes: Option<ChangesResult> = match read(&raw.join("changes.json")) {
         Ok(c) => Some(c),
         Err(e) => {
-            problems.push(format!("Postgres Changes results missing: {e}"));
+            if !skipped("changes") {
+                problems.push(format!("Postgres Changes results missing: {e}"));
+            }
             None
         }
     };
@@ -199,7 +218,9 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
     let joins: Option<JoinsResult> = match read(&raw.join("joins.json")) {
         Ok(j) => Some(j),
         Err(e) => {
-            problems.push(format!("join results missing: {e}"));
+            if !skipped("joins") {
+                problems.push(format!("join results missing: {e}"));
+            }
             None
         }
     };
@@ -670,6 +691,9 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         figs.push(f);
     }
 
+    if !only.is_empty() {
+        figs.retain(|f| f.value.is_some());
+    }
     let run_ok = problems.is_empty();
     let missed: Vec<&Figure> = figs.iter().filter(|f| f.pass == Some(false)).collect();
     let report = json!({
@@ -751,6 +775,9 @@ fn markdown(report: &Value, figs: &[Figure], raw: &Raw) -> String {
         meta["loadavg_start"].as_str().unwrap_or("?"),
         meta["git_rev"].as_str().unwrap_or("?"),
     ));
+    if let Some(only) = meta["only"].as_str().filter(|o| !o.trim().is_empty()) {
+        m.push_str(&format!("Partial run (BENCH_ONLY): stages {only} only.\n\n"));
+    }
     if report["run_completed"] != true {
         m.push_str("**The run did not complete cleanly:**\n\n");
         for p in report["problems"].as_array().into_iter().flatten() {
