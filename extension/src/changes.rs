@@ -3,8 +3,8 @@
 //!
 //! `realtime._capture` is a statement-level AFTER trigger with transition tables: one call per
 //! statement however many rows it touched. Per call:
-//! 1. tables without subscriptions return at once (a backend-local set of subscribed tables,
-//!    reloaded when the shared generation counter moves);
+//! 1. tables without subscriptions return at once (a backend-local answer per table, asked
+//!    again with a few index probes when the shared generation counter has moved);
 //! 2. as the bootstrap superuser: candidate subscriptions per row (action, an indexed `eq`
 //!    filter, then every filter, typed through the column type) and the row images;
 //! 3. per distinct (role, claims) group, not per subscription: column privileges, then — in a
@@ -34,15 +34,16 @@ use crate::spi;
 static GENERATION: pgrx::PgAtomic<AtomicU64> = unsafe { pgrx::PgAtomic::new(c"pg_realtime_subs_gen") };
 
 thread_local! {
-    /// Subscribed tables (and the columns of their `eq` filters) as of a generation.
-    static SUBSCRIBED: RefCell<Option<(u64, Subscribed)>> = const { RefCell::new(None) };
+    /// Per table, as of a generation: the columns of its subscriptions' `eq` filters, or None
+    /// when it has no subscriptions.
+    static SUBSCRIBED: RefCell<HashMap<pg_sys::Oid, (u64, EqColumns)>> = RefCell::new(HashMap::new());
     /// This transaction changed subscriptions: move the generation again at commit, so that a
     /// backend that reloaded before the commit became visible reloads once more.
     static BUMP_AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Subscribed tables and the columns of their subscriptions' `eq` filters.
-type Subscribed = HashMap<pg_sys::Oid, Rc<[String]>>;
+/// A table's `eq`-filtered columns; None: the table has no subscriptions.
+type EqColumns = Option<Rc<[String]>>;
 
 pub fn init_shmem() {
     pgrx::pg_shmem_init!(GENERATION = AtomicU64::new(1));
@@ -66,33 +67,38 @@ pub fn on_xact_end(committed: bool) {
     }
 }
 
+/// Whether table $1 has subscriptions, and the distinct columns of their `eq` filters: a skip
+/// scan of the subscription index (one probe per distinct column), so that subscription churn
+/// anywhere costs a writer a few index probes, not a scan of every subscription.
+const SUBSCRIBED_SQL: &str = "
+    with recursive cols(col) as (
+            select min(eq_column) from realtime.subscription where entity = $1
+          union all
+            select (select min(s.eq_column) from realtime.subscription s
+                     where s.entity = $1 and s.eq_column > c.col)
+              from cols c where c.col is not null)
+    select exists (select from realtime.subscription where entity = $1),
+           coalesce(array_agg(col) filter (where col is not null), '{}')
+      from cols";
+
 /// The columns of `entity`'s `eq`-filtered subscriptions; None: no subscriptions.
-fn subscribed(entity: pg_sys::Oid) -> Option<Rc<[String]>> {
+fn subscribed(entity: pg_sys::Oid) -> EqColumns {
     let generation = GENERATION.get().load(Ordering::Acquire);
-    let cached = SUBSCRIBED.with_borrow(|s| s.as_ref().filter(|(g, _)| *g == generation).map(|(_, t)| t.get(&entity).cloned()));
+    let cached = SUBSCRIBED.with_borrow(|s| s.get(&entity).filter(|(g, _)| *g == generation).map(|(_, c)| c.clone()));
     if let Some(known) = cached {
         return known;
     }
-    let tables: Subscribed = as_superuser(|| {
-        Spi::connect(|client| {
-            let rows = client.select(
-                "select entity::oid, array_remove(array_agg(distinct eq_column), null)
-                   from realtime.subscription group by entity",
-                None,
-                &[],
-            )?;
-            let mut tables = HashMap::new();
-            for row in rows {
-                if let Some(oid) = row.get::<pg_sys::Oid>(1)? {
-                    tables.insert(oid, row.get::<Vec<String>>(2)?.unwrap_or_default().into());
+    let mut known = None;
+    as_superuser(|| {
+        Spi::connect(|_| unsafe {
+            spi::run(SUBSCRIBED_SQL, &[pg_sys::OIDOID], &[entity.into_datum()], true, |row| {
+                if row.get::<bool>(1) == Some(true) {
+                    known = Some(row.get::<Vec<String>>(2).unwrap_or_default().into());
                 }
-            }
-            Ok::<_, pgrx::spi::Error>(tables)
+            })
         })
-    })
-    .unwrap_or_default();
-    let known = tables.get(&entity).cloned();
-    SUBSCRIBED.set(Some((generation, tables)));
+    });
+    SUBSCRIBED.with_borrow_mut(|s| s.insert(entity, (generation, known.clone())));
     known
 }
 
