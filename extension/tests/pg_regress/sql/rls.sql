@@ -93,6 +93,17 @@ drop policy p on msgs;
 create policy p on msgs for select to authenticated using ((current_setting('request.jwt.claims', true)::jsonb ->> 'n')::int > 0);
 insert into msgs values (4, 1, '');
 select * from heard(:'epoch', :head);
+select max(seq) as head from realtime.queue \gset
+
+-- 7. a materialized CTE and an aggregate inside the policy
+drop policy p on msgs;
+create policy p on msgs for select to authenticated using (
+  room in (with mine as materialized (
+             select m.room from members m where m.user_id = current_setting('request.jwt.claims', true)::jsonb ->> 'sub')
+           select room from mine)
+  and (select count(*) from members m where m.user_id = current_setting('request.jwt.claims', true)::jsonb ->> 'sub') >= 1);
+insert into msgs values (5, 1, ''), (6, 2, ''), (7, 3, '');
+select * from heard(:'epoch', :head);
 
 reset client_min_messages;
 select realtime._unsubscribe('00000000-0000-0000-0000-00000000000c', array(select id from realtime.subscription));
