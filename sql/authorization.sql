@@ -5,9 +5,9 @@
 -- a broadcast or track presence. Policies see the channel as realtime.topic() and the user's JWT
 -- through request.jwt.claims, exactly as PostgREST and Supabase set them.
 
--- Same columns as Supabase's table, so policies written for Supabase work unchanged. It is a
--- policy surface only: the sidecar's probe rows are always rolled back, so it stays empty.
--- UNLOGGED, because rows that never commit need no WAL. Send messages with realtime.send().
+-- Same columns as Supabase's table, so policies written for Supabase work unchanged. Its rows
+-- never stay: an INSERT is a broadcast (see _messages_insert below), and the sidecar's probe
+-- rows are always rolled back. UNLOGGED, because rows that never stay need no WAL.
 create unlogged table realtime.messages (
     topic          text      not null,
     extension      text      not null,
@@ -24,6 +24,44 @@ create unlogged table realtime.messages (
 alter table realtime.messages enable row level security;
 -- Row access is decided by policies alone (none: nobody but the owner sees or inserts a row).
 grant select, insert, update on realtime.messages to public;
+
+-- An INSERT into realtime.messages broadcasts its 'broadcast' rows, as Supabase streams them:
+-- channel `topic` (private iff `private`), event `event`, payload `payload` or `binary_payload`,
+-- meta.id = the row's id. It runs after the INSERT policies accepted the rows and delivers at
+-- commit like realtime.send(); then the rows are removed, so the table stays empty. Probe rows
+-- of _authorize (which sets realtime.authorizing) are left alone: they are read back, then
+-- rolled back.
+create function realtime._messages_insert()
+returns trigger
+language plpgsql volatile security definer
+set search_path = pg_catalog
+as $$
+declare
+    m record;
+begin
+    if current_setting('realtime.authorizing', true) = 'on' then
+        return null;
+    end if;
+    for m in select * from realtime_inserted loop
+        if m.extension = 'broadcast' then
+            if m.binary_payload is not null then
+                perform realtime._enqueue(m.topic, coalesce(m.event, ''), m.binary_payload,
+                                          coalesce(m.private, false), m.id);
+            else
+                perform realtime._enqueue(m.topic, coalesce(m.event, ''), coalesce(m.payload, '{}'),
+                                          coalesce(m.private, false), m.id);
+            end if;
+        end if;
+    end loop;
+    delete from realtime.messages t using realtime_inserted i
+     where t.id = i.id and t.inserted_at = i.inserted_at;
+    return null;
+end
+$$;
+revoke execute on function realtime._messages_insert() from public;
+create trigger realtime_messages_insert after insert on realtime.messages
+    referencing new table as realtime_inserted
+    for each statement execute function realtime._messages_insert();
 
 -- _authorize: what `_role` with `_claims` may do on private channel `_topic`. Runs as the
 -- sidecar's database user, which must be allowed to SET ROLE to `_role`.
@@ -47,7 +85,8 @@ begin
         raise exception 'role "%" does not exist', _role using errcode = 'invalid_authorization_specification';
     end if;
     begin
-        perform pg_catalog.set_config('realtime.topic', _topic, true),
+        perform pg_catalog.set_config('realtime.authorizing', 'on', true),
+                pg_catalog.set_config('realtime.topic', _topic, true),
                 pg_catalog.set_config('request.jwt.claims', _claims::text, true),
                 pg_catalog.set_config('request.jwt.claim.sub', coalesce(_claims ->> 'sub', ''), true),
                 pg_catalog.set_config('request.jwt.claim.role', coalesce(_claims ->> 'role', ''), true),

@@ -101,6 +101,26 @@ for (const vsn of VSNS) {
       await client.removeChannel(h.ch);
     });
 
+    test('INSERT INTO realtime.messages broadcasts its broadcast rows with meta.id = the row id, in order', async () => {
+      const topic = uniq('msgs');
+      const h = await join(client, topic);
+      const [{ id }] = await stack.sql(
+        `insert into realtime.messages (topic, extension, event, payload, private) values
+           ($1, 'broadcast', 'row-1', '{"n":1}', false),
+           ($1, 'presence', 'not-a-broadcast', '{}', false),
+           ($1, 'broadcast', 'row-2', '{"n":2}', false)
+         returning id`, [topic]);
+      await stack.sql("insert into realtime.messages (topic, extension, event, payload, private) values ($1, 'broadcast', 'private-row', '{}', true)", [topic]);
+      await barrier(stack, h);
+      assert.deepEqual(events(h, (m) => !m.event.startsWith('barrier')), ['row-1', 'row-2']);
+      const first = h.inbox.items.find((m) => m.event === 'row-1');
+      assert.deepEqual(first.payload, { n: 1 });
+      assert.deepEqual(first.meta, { id });
+      const [{ n }] = await stack.sql('select count(*)::int as n from realtime.messages');
+      assert.equal(n, 0);
+      await client.removeChannel(h.ch);
+    });
+
     test('private messages (realtime.send default, realtime.broadcast private) do not reach a public subscriber', async () => {
       const topic = uniq('priv');
       const h = await join(client, topic);

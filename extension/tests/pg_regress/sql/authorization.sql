@@ -63,6 +63,29 @@ set role anon;
 select count(*) from realtime.messages;
 reset role;
 
+-- An INSERT into realtime.messages is a broadcast at commit, like realtime.send(), with the row's
+-- id as meta.id; presence rows are not; the table stays empty. Rolled-back and denied inserts
+-- deliver nothing (bob may not write).
+select epoch, coalesce((select max(seq) from realtime.queue), 0) as head from realtime._position() \gset
+insert into realtime.messages (topic, extension, event, payload, private, id) values
+  ('room1', 'broadcast', 'hello', '{"a": 1}', true, '00000000-0000-0000-0000-0000000000f1'),
+  ('room1', 'presence', 'not sent', '{}', true, '00000000-0000-0000-0000-0000000000f2');
+insert into realtime.messages (topic, extension, event, binary_payload, id)
+  values ('lobby', 'broadcast', 'bytes', '\x0102', '00000000-0000-0000-0000-0000000000f3');
+begin;
+insert into realtime.messages (topic, extension, event, payload) values ('room1', 'broadcast', 'rolled back', '{}');
+rollback;
+set role authenticated;
+select set_config('request.jwt.claim.sub', 'alice', false);
+insert into realtime.messages (topic, extension, event, payload, private, id)
+  values ('room1', 'broadcast', 'from alice', '{}', true, '00000000-0000-0000-0000-0000000000f4');
+select set_config('request.jwt.claim.sub', 'bob', false);
+insert into realtime.messages (topic, extension, event, payload, private) values ('room1', 'broadcast', 'from bob', '{}', true);
+reset role;
+select topic, private, extension, event, payload, binary_payload, msg_id
+  from realtime._poll(:'epoch', :head, 100) order by seq;
+select count(*) as rows_kept from realtime.messages;
+
 drop policy "members receive" on realtime.messages;
 drop policy "alice sends" on realtime.messages;
 drop policy "presence only" on realtime.messages;
