@@ -39,9 +39,6 @@ as $$
 declare
     m record;
 begin
-    if current_setting('realtime.authorizing', true) = 'on' then
-        return null;
-    end if;
     for m in select * from realtime_inserted loop
         if m.extension = 'broadcast' then
             if m.binary_payload is not null then
@@ -61,7 +58,9 @@ $$;
 revoke execute on function realtime._messages_insert() from public;
 create trigger realtime_messages_insert after insert on realtime.messages
     referencing new table as realtime_inserted
-    for each statement execute function realtime._messages_insert();
+    for each statement
+    when (pg_catalog.current_setting('realtime.authorizing', true) is distinct from 'on')
+    execute function realtime._messages_insert();
 
 -- _authorize: what `_role` with `_claims` may do on private channel `_topic`. Runs as the
 -- sidecar's database user, which must be allowed to SET ROLE to `_role`.
