@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Integration tests: real PostgreSQL clusters (scripts/pg.sh) + the release sidecar + the
-# unmodified @supabase/realtime-js client, with node's built-in test runner (Node 22).
+# unmodified @supabase/realtime-js client (and the Python `realtime` client, tests/python), with
+# node's built-in test runner (Node 22).
 #   scripts/test-integration.sh                     all tests/*.test.mjs
 #   scripts/test-integration.sh tests/x.test.mjs    selected files (extra node --test flags ok,
 #                                                   e.g. --test-name-pattern='heartbeat')
@@ -12,6 +13,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 NODE=$(bash scripts/install-node.sh)
+IT_PYTHON=$(bash scripts/install-python.sh)
+export IT_PYTHON
 
 export SIDECAR_BIN=${SIDECAR_BIN:-$ROOT/target/release/pg-realtime-sidecar}
 if [ ! -x "$SIDECAR_BIN" ]; then
