@@ -716,21 +716,18 @@ fn key_arrays(sql: &str, ords: &[i64], images: Vec<&str>) -> (Vec<pg_sys::Oid>, 
     (types, values)
 }
 
-/// Runs `f` in a subtransaction; an ERROR inside rolls it back and yields its message.
+/// Runs `f` in a subtransaction; an ERROR inside rolls it back and yields its message. A
+/// cancellation, statement timeout or shutdown (SQLSTATE class 57) is not a failing policy: it
+/// goes on to end the writer's statement.
 fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    use pg_sys::panic::CaughtError;
     unsafe {
         let context = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
         let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
-            .catch_others(|caught| {
-                Err(match caught {
-                    pg_sys::panic::CaughtError::PostgresError(report)
-                    | pg_sys::panic::CaughtError::ErrorReport(report) => report.message().to_owned(),
-                    pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
-                })
-            })
+            .catch_others(Err)
             .execute();
         if result.is_ok() {
             pg_sys::ReleaseCurrentSubTransaction();
@@ -739,6 +736,16 @@ fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
         }
         pg_sys::MemoryContextSwitchTo(context);
         pg_sys::CurrentResourceOwner = owner;
-        result
+        result.map_err(|caught| {
+            let report = match &caught {
+                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report,
+                CaughtError::RustPanic { ereport, .. } => ereport,
+            };
+            let class = |code: isize| code & 0xFFF;
+            if class(report.sql_error_code() as isize) == class(PgSqlErrorCode::ERRCODE_QUERY_CANCELED as isize) {
+                caught.rethrow();
+            }
+            report.message().to_owned()
+        })
     }
 }

@@ -105,6 +105,14 @@ create policy p on msgs for select to authenticated using (
 insert into msgs values (5, 1, ''), (6, 2, ''), (7, 3, '');
 select * from heard(:'epoch', :head);
 
+-- 8. a statement timeout while checking is not a failing policy: it ends the writer's statement
+drop policy p on msgs;
+create policy p on msgs for select to authenticated using (pg_sleep(0.3) is not null);
+set statement_timeout = '100ms';
+insert into msgs values (8, 1, '');
+reset statement_timeout;
+select count(*) as written from msgs where id = 8;
+
 reset client_min_messages;
 select realtime._unsubscribe('00000000-0000-0000-0000-00000000000c', array(select id from realtime.subscription));
 drop table msgs, members, part_members;
