@@ -88,6 +88,30 @@ fn read<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T, String> {
     serde_json::from_str(&s).map_err(|e| format!("{}: {e}", p.display()))
 }
 
+/// A stage's raw results (`file`.json): missing is a problem unless the stage was skipped
+/// (BENCH_ONLY), and so is a result that reports an error.
+fn load<T: serde::de::DeserializeOwned>(
+    raw: &Path,
+    file: &str,
+    what: &str,
+    skipped: bool,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let path = raw.join(format!("{file}.json"));
+    if skipped && !path.exists() {
+        return None;
+    }
+    let value: Value = read(&path)
+        .map_err(|e| problems.push(format!("{what}: results missing: {e}")))
+        .ok()?;
+    if let Some(e) = value["error"].as_str() {
+        problems.push(format!("{what} failed: {e}"));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| problems.push(format!("{what}: results unreadable: {e}")))
+        .ok()
+}
+
 fn step_latency(s: &Option<StepResult>) -> (Option<f64>, Option<f64>) {
     match s {
         Some(s) if s.latency.samples > 0 => {
@@ -106,107 +130,21 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
     // A partial run (BENCH_ONLY) reports what it measured; the other stages are not missing.
     let only: Vec<String> = meta["only"].as_str().unwrap_or("").split_whitespace().map(str::to_owned).collect();
     let skipped = |stage: &str| !only.is_empty() && !only.iter().any(|s| s == stage);
-    let load = |file: &str, stage: &str, what: &str, problems: &mut Vec<String>| -> Option<FanoutResult> {
-        match read::<FanoutResult>(&raw.join(format!("{file}.json"))) {
-            Ok(r) => {
-                if let Some(e) = &r.error {
-                    problems.push(format!("{what} failed: {e}"));
-                }
-                Some(r)
-            }
-            Err(e) => {
-                if !skipped(stage) {
-                    problems.push(format!("{what}: results missing: {e}"));
-                }
-                None
-            }
-        }
-    };
-    let side = load(
-        "fanout-sidecar",
-        "fanout",
-        "fan-out run against the sidecar",
-        &mut problems,
-    );
-    let relay = load(
-        "fanout-relay",
-        "fanout",
-        "fan-out run against the relay",
-        &mut problems,
-    );
-    let push_side = load(
-        "fanout-push-sidecar",
-        "push",
-        "client broadcast fan-out against the sidecar",
-        &mut problems,
-    );
-    let push_relay = load(
-        "fanout-push-relay",
-        "push",
-        "client broadcast fan-out against the relay",
-        &mut problems,
-    );
-    let roundtrip: Option<RoundTripResult> = match read(&raw.join("roundtrip.json")) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            if !skipped("roundtrip") {
-                problems.push(format!("round-trip results missing: {e}"));
-            }
-            None
-        }
-    };
-    if let Some(e) = roundtrip.as_ref().and_then(|r| r.error.clone()) {
-        problems.push(format!("client broadcast round trip failed: {e}"));
-    }
-    let memory: Option<MemoryResult> = match read(&raw.join("memory.json")) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            if !skipped("memory") {
-                problems.push(format!("memory results missing: {e}"));
-            }
-            None
-        }
-    };
-    if let Some(e) = memory.as_ref().and_then(|r| r.error.clone()) {
-        problems.push(format!("memory benchmark failed: {e}"));
-    }
-    let writers: Option<WritersResult> = match read(&raw.join("writers.json")) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            if !skipped("writers") {
-                problems.push(format!("writer results missing: {e}"));
-            }
-            None
-        }
-    };
-    if let Some(e) = writers.as_ref().and_then(|w| w.error.clone()) {
-        problems.push(format!("writer benchmark failed: {e}"));
-    }
-    let capture: Option<WritersResult> = match read(&raw.join("capture.json")) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            if !skipped("capture") {
-                problems.push(format!("capture writer results missing: {e}"));
-            }
-            None
-        }
-    };
-    if let Some(e) = capture.as_ref().and_then(|w| w.error.clone()) {
-        problems.push(format!("capture writer benchmark failed: {e}"));
-    }
-    let changes: Option<ChangesResult> = match read(&raw.join("changes.json")) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            if !skipped("changes") {
-                problems.push(format!("Postgres Changes results missing: {e}"));
-            }
-            None
-        }
-    };
+    let p = &mut problems;
+    let side: Option<FanoutResult> = load(raw, "fanout-sidecar", "fan-out run against the sidecar", skipped("fanout"), p);
+    let relay: Option<FanoutResult> = load(raw, "fanout-relay", "fan-out run against the relay", skipped("fanout"), p);
+    let push_side: Option<FanoutResult> =
+        load(raw, "fanout-push-sidecar", "client broadcast fan-out against the sidecar", skipped("push"), p);
+    let push_relay: Option<FanoutResult> =
+        load(raw, "fanout-push-relay", "client broadcast fan-out against the relay", skipped("push"), p);
+    let roundtrip: Option<RoundTripResult> =
+        load(raw, "roundtrip", "client broadcast round trip", skipped("roundtrip"), p);
+    let memory: Option<MemoryResult> = load(raw, "memory", "memory benchmark", skipped("memory"), p);
+    let writers: Option<WritersResult> = load(raw, "writers", "writer benchmark", skipped("writers"), p);
+    let capture: Option<WritersResult> = load(raw, "capture", "capture writer benchmark", skipped("capture"), p);
+    let changes: Option<ChangesResult> = load(raw, "changes", "Postgres Changes benchmark", skipped("changes"), p);
+    let joins: Option<JoinsResult> = load(raw, "joins", "join benchmark", skipped("joins"), p);
     if let Some(c) = &changes {
-        if let Some(e) = &c.error {
-            problems.push(format!("Postgres Changes benchmark failed: {e}"));
-        }
         let k = &c.client_counters;
         if k.dups > 0 || k.bad_frames > 0 {
             problems.push(format!(
@@ -215,19 +153,7 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
             ));
         }
     }
-    let joins: Option<JoinsResult> = match read(&raw.join("joins.json")) {
-        Ok(j) => Some(j),
-        Err(e) => {
-            if !skipped("joins") {
-                problems.push(format!("join results missing: {e}"));
-            }
-            None
-        }
-    };
     if let Some(j) = &joins {
-        if let Some(e) = &j.error {
-            problems.push(format!("join benchmark failed: {e}"));
-        }
         if !j.non_member_refused {
             problems.push(format!(
                 "a private join by a user who is in no room was not refused ({}): the private joins may not have run the policy",
