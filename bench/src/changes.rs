@@ -21,7 +21,7 @@
 use crate::frame::parse_change;
 use crate::jwt;
 use crate::loadgen::{
-    connect_ws, postmaster_pid, run_until_stopped, Bench, ClientCounters, ClientState, Clients,
+    connect_db, connect_ws, postmaster_pid, run_until_stopped, Bench, ClientCounters, ClientState, Clients,
     Producer, Receivers, Search, SearchLimits, Session, StepResult, StepSpec,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::time::{sleep, timeout_at};
-use tokio_postgres::NoTls;
 use tokio_tungstenite::tungstenite::Message;
 
 pub struct ChangesOpts {
@@ -419,14 +418,13 @@ pub async fn run(o: &ChangesOpts) -> ChangesResult {
         }),
         ..Default::default()
     };
-    let (db, conn) = match tokio_postgres::connect(&o.dsn, NoTls).await {
-        Ok(c) => c,
+    let db = match connect_db(&o.dsn).await {
+        Ok(db) => db,
         Err(e) => {
-            res.error = Some(format!("connect to Postgres: {e}"));
+            res.error = Some(e);
             return res;
         }
     };
-    tokio::spawn(conn);
     if let Err(e) = measure(o, &db, &mut res).await {
         eprintln!("changes: {e}");
         res.error = Some(e);

@@ -6,13 +6,12 @@
 //! database work. Steps alternate public/private, the order flipping every round, so background
 //! load on the shared machine hits both alike. Every wait is bounded.
 use crate::jwt;
-use crate::loadgen::{client_ws_config, delta, join_message, proc_parent, Cpu};
+use crate::loadgen::{client_ws_config, connect_db, delta, join_message, proc_parent, Cpu};
 use crate::stats::{summarize, Summary};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::time::{timeout, timeout_at, Instant};
-use tokio_postgres::NoTls;
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws =
@@ -359,14 +358,13 @@ pub async fn run(o: &JoinsOpts) -> JoinsResult {
         }),
         ..Default::default()
     };
-    let (db, conn) = match tokio_postgres::connect(&o.dsn, NoTls).await {
-        Ok(c) => c,
+    let db = match connect_db(&o.dsn).await {
+        Ok(db) => db,
         Err(e) => {
-            res.error = Some(format!("connect to Postgres: {e}"));
+            res.error = Some(e);
             return res;
         }
     };
-    tokio::spawn(conn);
     if let Err(e) = measure(o, &db, &mut res).await {
         eprintln!("joins: {e}");
         res.error = Some(e);

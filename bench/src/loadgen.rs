@@ -910,10 +910,18 @@ pub struct StepSpec {
     pub p99_limit_us: Option<u64>,
 }
 
+/// A database connection whose connection task runs until the client is dropped.
+pub async fn connect_db(dsn: &str) -> Result<tokio_postgres::Client, String> {
+    let (db, conn) = tokio_postgres::connect(dsn, NoTls)
+        .await
+        .map_err(|e| format!("connect to Postgres: {e}"))?;
+    tokio::spawn(conn);
+    Ok(db)
+}
+
 /// The postmaster's pid (a backend's parent), whose process tree is the whole cluster.
 pub async fn postmaster_pid(dsn: &str) -> Option<u32> {
-    let (db, conn) = tokio_postgres::connect(dsn, NoTls).await.ok()?;
-    tokio::spawn(conn);
+    let db = connect_db(dsn).await.ok()?;
     let backend: i32 = db
         .query_one("select pg_backend_pid()", &[])
         .await

@@ -658,6 +658,15 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
     Ok(run_ok)
 }
 
+/// A search step's pass/fail with its reasons; "-" for fixed-rate steps.
+fn step_verdict(s: &StepResult) -> String {
+    match (s.label.starts_with("tp@"), s.pass) {
+        (false, _) => "-".into(),
+        (true, true) => "yes".into(),
+        (true, false) => format!("no: {}", s.fail_reasons.join("; ")),
+    }
+}
+
 fn search_note(r: &FanoutResult) -> String {
     if r.search_note.is_empty() {
         "search converged".into()
@@ -866,15 +875,7 @@ fn fanout_details(m: &mut String, name: &str, r: &FanoutResult) {
             s.server_cpu_us_per_delivery
                 .map(|c| format!("{c:.2}"))
                 .unwrap_or_else(|| "-".into()),
-            if s.label.starts_with("tp@") {
-                if s.pass {
-                    "yes".to_string()
-                } else {
-                    format!("no: {}", s.fail_reasons.join("; "))
-                }
-            } else {
-                "-".to_string()
-            }
+            step_verdict(s)
         ));
     }
     if !r.search_note.is_empty() {
@@ -1184,15 +1185,7 @@ fn subject_details(m: &mut String, s: &SubjectResult) {
             r.lost,
             us(pg_us_per_delivery(r)),
             us(r.server_cpu_us_per_delivery),
-            if r.label.starts_with("tp@") {
-                if r.pass {
-                    "yes".to_string()
-                } else {
-                    format!("no: {}", r.fail_reasons.join("; "))
-                }
-            } else {
-                "-".to_string()
-            }
+            step_verdict(r)
         ));
     }
     if !s.search_note.is_empty() {
