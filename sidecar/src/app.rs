@@ -1,5 +1,8 @@
-//! Shared state and the HTTP router, kept apart from `main` so tests can serve [`app`] on an
+//! Shared state and the HTTP routers, kept apart from `main` so tests can serve [`app`] on an
 //! ephemeral port without a database.
+//!
+//! `/healthcheck` answers 200 only while the queue reader holds a database connection (without
+//! one no message is delivered): 503 with the reason otherwise.
 //!
 //! Lifecycle: [`AppState`] lives behind one `Arc` for the life of the process. Its `shutdown`
 //! token is cancelled exactly once (by `main` on SIGTERM/SIGINT); every connection's kill token
@@ -11,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
@@ -20,14 +25,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::admission::Admission;
 use crate::auth::Auth;
 use crate::changes::Changes;
 use crate::config::Config;
 use crate::db;
+use crate::error::{ConnectError, NO_QUEUE_CONNECTION};
 use crate::fanout::Registry;
 use crate::limits::PerSecond;
 use crate::presence::Presence;
 use crate::publisher::{self, Publisher};
+use crate::unsubscriber::{self, Unsubscriber};
 use crate::{rest, ws};
 
 /// Upper bound for a plain HTTP request (the refused-upgrade backoff included).
@@ -48,10 +56,14 @@ pub struct AppState {
     pub events: PerSecond,
     /// Where the Postgres Changes routed to this sidecar go.
     pub changes: Changes,
+    /// Subscription rows of ended channels, on their way out of the database.
+    pub unsubscriber: Unsubscriber,
     pub registry: Registry,
     /// Whether the queue reader currently holds a working database connection.
     pub db_connected: AtomicBool,
     pub shutdown: CancellationToken,
+    /// Open TCP connections against `MAX_CONNECTIONS` / `MAX_CONNECTIONS_PER_IP`.
+    pub admission: Admission,
     pub connections: TaskTracker,
     next_conn_id: AtomicU64,
 }
@@ -66,7 +78,9 @@ impl AppState {
             publisher: Publisher::new(publisher::QUEUE_CAPACITY),
             presence: Presence::default(),
             events: PerSecond::default(),
+            admission: Admission::new(config.max_connections, config.max_connections_per_ip),
             changes: Changes::default(),
+            unsubscriber: Unsubscriber::new(unsubscriber::QUEUE_CAPACITY),
             config,
             registry: Registry::default(),
             db_connected: AtomicBool::new(false),
@@ -104,10 +118,32 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn healthcheck(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({
-        "status": "ok",
-        "db_connected": state.db_connected.load(Ordering::Relaxed),
+/// The router of a connection over the connection caps: `why` to every request, then the
+/// connection closes; `/healthcheck` is answered as usual.
+pub fn refusal_app(state: Arc<AppState>, why: ConnectError) -> Router {
+    let refuse = move || {
+        let mut response = why.clone().into_response();
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        async move { response }
+    };
+    Router::new()
+        .route("/healthcheck", get(healthcheck))
+        .fallback(refuse)
+        .with_state(state)
+}
+
+async fn healthcheck(State(state): State<Arc<AppState>>) -> Response {
+    let db_connected = state.db_connected.load(Ordering::Relaxed);
+    let mut body = json!({
+        "status": if db_connected { "ok" } else { "unavailable" },
+        "db_connected": db_connected,
         "connections": state.connections.len(),
-    }))
+    });
+    if db_connected {
+        return Json(body).into_response();
+    }
+    body["reason"] = NO_QUEUE_CONNECTION.into();
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }

@@ -17,7 +17,10 @@
 //!   the token had one and a JWKS is configured (Realtime's `{:error_generating_signer, kid}`);
 //! * checks run in Realtime's order: malformed → signer → signature → `exp` in the past →
 //!   `role`/`exp` present → `exp` numeric → `iat` numeric. The optional `iss`/`aud` checks
-//!   (Realtime's claim validators) run right after the `exp` one.
+//!   (Realtime's claim validators) run right after the `exp` one. Two checks of this server's
+//!   own follow: `nbf` (numeric, and not later than now + [`NBF_LEEWAY_SECS`]), then `role`
+//!   must be one of `ALLOWED_ROLES` — so a signed token naming a superuser or a BYPASSRLS role
+//!   is refused wherever a token is verified (connect, join, refresh, REST).
 //!
 //! Design: `jsonwebtoken` (`crypto::verify`) checks the signature of every algorithm it has
 //! (HS, RS, ES256/384, EdDSA), with exactly the token's `alg` and a `DecodingKey` of that
@@ -77,6 +80,10 @@ impl Alg {
         }
     }
 }
+
+/// Clock skew tolerated for `nbf`: a token whose `nbf` is at most this far in the future is
+/// accepted (the issuer's clock may run slightly ahead of ours).
+pub const NBF_LEEWAY_SECS: i64 = 30;
 
 const HS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 const RS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512];
@@ -314,6 +321,8 @@ pub struct Auth {
     jwks: Option<Vec<JwksKey>>,
     iss: Option<String>,
     aud: Option<String>,
+    /// `ALLOWED_ROLES`.
+    allowed_roles: Vec<String>,
 }
 
 impl Auth {
@@ -343,6 +352,7 @@ impl Auth {
             jwks,
             iss: non_empty(&config.jwt_iss).map(str::to_owned),
             aud: non_empty(&config.jwt_aud).map(str::to_owned),
+            allowed_roles: config.allowed_roles.clone(),
         })
     }
 
@@ -379,6 +389,19 @@ impl Auth {
         };
         if claims.get("iat").is_some_and(|iat| !iat.is_number()) {
             return Err(AuthError::Malformed);
+        }
+        match claims.get("nbf") {
+            None => {}
+            Some(nbf) => match nbf.as_f64() {
+                Some(nbf) if nbf as i64 > now + NBF_LEEWAY_SECS => {
+                    return Err(AuthError::NotYetValid)
+                }
+                Some(_) => {}
+                None => return Err(AuthError::Malformed),
+            },
+        }
+        if !self.allowed_roles.contains(&role) {
+            return Err(AuthError::RoleNotAllowed { role });
         }
         Ok(Claims {
             exp,
@@ -1003,6 +1026,47 @@ pub(crate) mod tests {
         assert_eq!(
             auth().verify_at(&t, 2_000).unwrap_err(),
             AuthError::Expired { secs_ago: 1_000 }
+        );
+    }
+
+    #[test]
+    fn only_allowed_roles() {
+        let with = |role: &str| token(&json!({"role": role, "exp": unix_now() + 60}));
+        for role in ["anon", "authenticated", "service_role"] {
+            assert_eq!(auth().verify(&with(role)).expect(role).role, role);
+        }
+        for role in ["postgres", "supabase_admin", "Anon", "anon ", ""] {
+            assert_eq!(
+                auth().verify(&with(role)).unwrap_err(),
+                AuthError::RoleNotAllowed { role: role.into() },
+                "{role:?}"
+            );
+        }
+        let custom = auth_with(&[
+            &format!("--jwt-secret={SECRET}"),
+            "--allowed-roles=app_user",
+        ])
+        .expect("auth");
+        assert!(custom.verify(&with("app_user")).is_ok());
+        assert!(custom.verify(&with("anon")).is_err());
+    }
+
+    #[test]
+    fn nbf_is_honoured_with_a_small_leeway() {
+        let t = |nbf: Value| token(&json!({"role": "anon", "exp": 10_000, "nbf": nbf}));
+        assert!(auth().verify_at(&t(json!(1_000)), 1_000).is_ok());
+        assert!(auth()
+            .verify_at(&t(json!(1_000 + NBF_LEEWAY_SECS)), 1_000)
+            .is_ok());
+        assert_eq!(
+            auth()
+                .verify_at(&t(json!(1_001 + NBF_LEEWAY_SECS)), 1_000)
+                .unwrap_err(),
+            AuthError::NotYetValid
+        );
+        assert_eq!(
+            auth().verify_at(&t(json!("later")), 1_000).unwrap_err(),
+            AuthError::Malformed
         );
     }
 

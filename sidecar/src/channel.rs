@@ -9,7 +9,7 @@
 //!   JSON booleans or `"true"`/`"false"` strings in any case, and an invalid payload means
 //!   defaults, never a failed join.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,11 @@ const TOPIC_PREFIX: &str = "realtime:";
 /// which no channel handles. An empty sub-topic is returned as `Some("")` (a join error).
 pub fn sub_topic(topic: &str) -> Option<&str> {
     topic.strip_prefix(TOPIC_PREFIX)
+}
+
+/// Longest sub-topic that keeps the Phoenix topic within `max_topic_bytes`.
+pub fn max_sub_topic_bytes(max_topic_bytes: u32) -> usize {
+    (max_topic_bytes as usize).saturating_sub(TOPIC_PREFIX.len())
 }
 
 /// What a join asks for.
@@ -127,8 +132,6 @@ pub struct Channel {
     pub presence_sub: Option<SubId>,
     /// The meta currently tracked (with its `phx_ref`).
     pub tracked: Option<Map<String, Value>>,
-    /// Recent track/untrack calls, for the per-channel rate limit.
-    pub presence_calls: VecDeque<Instant>,
     /// What the channel may do: everything on a public channel, its policies' verdicts on a
     /// private one.
     pub permissions: Permissions,
@@ -143,6 +146,8 @@ pub struct Channel {
     pub registration: u64,
     /// The `_subscribe` form of its `postgres_changes` bindings (`None`: none, or refused).
     pub bindings: Option<Arc<str>>,
+    /// How many `postgres_changes` entries `bindings` holds (0 when `None`).
+    pub binding_count: usize,
     /// Its live subscription ids, and the latest subscribe started (stale results are dropped).
     pub change_subs: Vec<i64>,
     pub changes_ticket: u64,
@@ -203,6 +208,11 @@ impl ChannelTable {
 
     pub fn len(&self) -> usize {
         self.channels.len()
+    }
+
+    /// `postgres_changes` entries over all channels.
+    pub fn postgres_changes(&self) -> usize {
+        self.channels.values().map(|c| c.binding_count).sum()
     }
 
     pub fn drain(&mut self) -> impl Iterator<Item = (String, Channel)> + '_ {

@@ -124,6 +124,65 @@ pub struct Config {
     #[arg(long, env = "MAX_CHANNELS_PER_CLIENT", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_channels_per_client: u32,
+
+    /// Token roles accepted (comma-separated), at connect, join, token refresh and REST; any
+    /// other role is refused, so no token can act as a superuser or a BYPASSRLS role it does
+    /// not name here.
+    #[arg(long, env = "ALLOWED_ROLES", value_delimiter = ',',
+          default_value = "anon,authenticated,service_role", value_parser = parse_role)]
+    pub allowed_roles: Vec<String>,
+
+    /// Longest Phoenix topic (`realtime:` included) a client may join or send to, in bytes:
+    /// 255 is what serializer v2's binary frames can carry.
+    #[arg(long, env = "MAX_TOPIC_BYTES", default_value_t = 255,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_topic_bytes: u32,
+
+    /// Longest broadcast event name a client may send, in bytes (v2's binary limit, 255).
+    #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 255,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_event_bytes: u32,
+
+    /// Conditions one `postgres_changes` filter may have (every condition is work for every
+    /// write to the table).
+    #[arg(long, env = "MAX_FILTER_CONDITIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_filter_conditions: u32,
+
+    /// `postgres_changes` entries one join may have.
+    #[arg(long, env = "MAX_POSTGRES_CHANGES_PER_CHANNEL", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_postgres_changes_per_channel: u32,
+
+    /// `postgres_changes` entries one connection may have over all its channels.
+    #[arg(long, env = "MAX_POSTGRES_CHANGES_PER_CLIENT", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_postgres_changes_per_client: u32,
+
+    /// Refused joins a connection may have waiting for `CHANNEL_ERROR_BACKOFF_MS`; one more
+    /// closes the connection (4002).
+    #[arg(long, env = "MAX_PENDING_JOIN_ERRORS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_join_errors: u32,
+
+    /// How long a client may take to send a complete HTTP request head (also the idle limit
+    /// of a kept-alive HTTP connection); slower connections are closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+
+    /// Open TCP connections (WebSocket and HTTP) this sidecar serves at once; beyond it a
+    /// request is answered 429 "Too many connected users". Keep it below the process's open
+    /// file limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Open TCP connections from one client address (an IPv6 /64 counts as one address);
+    /// beyond it a request is answered 429.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 2_048,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
 }
 
 impl Config {
@@ -150,6 +209,19 @@ impl Config {
     pub fn poll_linger(&self) -> Duration {
         Duration::from_millis(self.poll_linger_ms)
     }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+}
+
+/// A role name: not blank (a stray comma in `ALLOWED_ROLES` must not allow the empty role).
+fn parse_role(role: &str) -> Result<String, String> {
+    let role = role.trim();
+    if role.is_empty() {
+        return Err("empty role name".into());
+    }
+    Ok(role.to_owned())
 }
 
 fn parse_database_url(url: &str) -> Result<String, String> {
@@ -182,6 +254,35 @@ mod tests {
         assert_eq!(c.poll_linger_ms, 1);
         assert_eq!(c.client_queue_frames, 1024);
         assert_eq!(c.max_channels_per_client, 100);
+        assert_eq!(c.allowed_roles, ["anon", "authenticated", "service_role"]);
+        assert_eq!((c.max_topic_bytes, c.max_event_bytes), (255, 255));
+        assert_eq!(c.max_filter_conditions, 10);
+        assert_eq!(c.max_postgres_changes_per_channel, 20);
+        assert_eq!(c.max_postgres_changes_per_client, 100);
+        assert_eq!(c.max_pending_join_errors, 100);
+        assert_eq!(c.header_read_timeout_ms, 10_000);
+        assert_eq!(c.max_connections, 16_384);
+        assert_eq!(c.max_connections_per_ip, 2_048);
+    }
+
+    #[test]
+    fn allowed_roles_are_a_list_without_blanks() {
+        let parse = |roles: &str| {
+            Config::try_parse_from([
+                "x",
+                "--database-url",
+                "postgres://localhost/db",
+                "--allowed-roles",
+                roles,
+            ])
+            .map(|c| c.allowed_roles)
+        };
+        assert_eq!(
+            parse("anon, app_user").expect("valid"),
+            ["anon", "app_user"]
+        );
+        assert!(parse("anon,,authenticated").is_err());
+        assert!(parse("").is_err());
     }
 
     #[test]

@@ -70,6 +70,12 @@ pub enum AuthError {
     /// and join fall back to their generic errors, a token refresh shows the inspected term.
     #[error("Invalid token: claim `{claim}` does not match the configured value")]
     InvalidClaim { claim: &'static str, value: String },
+    /// The token's `role` is not in `ALLOWED_ROLES`.
+    #[error("The role \"{role}\" of the token is not allowed")]
+    RoleNotAllowed { role: String },
+    /// `nbf` is later than now (plus a small leeway for clock skew).
+    #[error("Token is not valid yet")]
+    NotYetValid,
 }
 
 impl AuthError {
@@ -88,9 +94,11 @@ impl AuthError {
             AuthError::Malformed => "MalformedJWT",
             AuthError::Signature => "JwtSignatureError",
             AuthError::Signer | AuthError::SignerKid { .. } => "JwtSignerError",
-            AuthError::MissingClaims | AuthError::Expired { .. } | AuthError::InvalidExp => {
-                "InvalidJWTToken"
-            }
+            AuthError::MissingClaims
+            | AuthError::Expired { .. }
+            | AuthError::InvalidExp
+            | AuthError::NotYetValid => "InvalidJWTToken",
+            AuthError::RoleNotAllowed { .. } => "Unauthorized",
             // Realtime's catch-all join error (literal, no code).
             AuthError::InvalidClaim { .. } => return "Unknown Error on Channel".to_owned(),
         };
@@ -110,8 +118,12 @@ impl AuthError {
     }
 }
 
+/// `reason` of a 503 `/healthcheck`: without its database connection the sidecar delivers
+/// nothing.
+pub const NO_QUEUE_CONNECTION: &str = "The queue reader has no database connection";
+
 /// Refusal of the WebSocket upgrade.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum ConnectError {
     #[error("API key is missing")]
     MissingApiKey,
@@ -119,13 +131,23 @@ pub enum ConnectError {
     Auth(#[from] AuthError),
     #[error("Unsupported serializer version")]
     UnsupportedVsn,
+    /// `MAX_CONNECTIONS` reached (Supabase's text for its concurrent-users limit).
+    #[error("Too many connected users")]
+    TooManyConnections,
+    /// `MAX_CONNECTIONS_PER_IP` reached.
+    #[error("Too many connections from this address")]
+    TooManyFromAddress,
 }
 
 impl ConnectError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ConnectError::Auth(AuthError::RoleNotAllowed { .. }) => StatusCode::FORBIDDEN,
             ConnectError::MissingApiKey | ConnectError::Auth(_) => StatusCode::UNAUTHORIZED,
             ConnectError::UnsupportedVsn => StatusCode::BAD_REQUEST,
+            ConnectError::TooManyConnections | ConnectError::TooManyFromAddress => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 }
@@ -144,6 +166,14 @@ pub enum JoinError {
     TopicNameRequired,
     #[error("ChannelRateLimitReached: Too many channels")]
     TooManyChannels,
+    /// The topic is over `MAX_TOPIC_BYTES`.
+    #[error("InvalidTopicName: The topic is longer than {0} bytes")]
+    TopicTooLong(u32),
+    /// Neither Postgres text nor jsonb can hold U+0000.
+    #[error("InvalidTopicName: The topic must not contain \\u0000")]
+    TopicNul,
+    #[error("InvalidJoinPayload: The presence key must not contain \\u0000")]
+    PresenceKeyNul,
     #[error("{}", .0.join_reason())]
     Auth(#[from] AuthError),
     /// The channel's SELECT policies on `realtime.messages` allow neither extension (or they
@@ -208,6 +238,17 @@ impl PolicyError {
     }
 }
 
+/// Error-reply `reason` to a broadcast (with `ack`) whose event name is over `MAX_EVENT_BYTES`.
+pub fn event_too_long(max: u32) -> String {
+    format!("The event name is longer than {max} bytes")
+}
+
+/// Error-reply `reason` to a broadcast (with `ack`) or a presence `track` holding text that
+/// PostgreSQL cannot store (U+0000 in a string or key, or a number out of range): the message
+/// could not reach the other sidecars, so it is refused everywhere.
+pub const UNSTORABLE: &str =
+    "The message contains \\u0000 or a number out of range, which PostgreSQL cannot store";
+
 /// `system` message closing a channel after its read access was revoked (§7.1).
 pub fn read_revoked(sub_topic: &str) -> String {
     format!("You no longer have permission to read from this Channel topic: {sub_topic}")
@@ -239,6 +280,15 @@ pub enum FilterError {
         "Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name."
     )]
     SelectOnWildcard,
+    /// More conditions than `MAX_FILTER_CONDITIONS`.
+    #[error("Error parsing `filter` params: a filter may have at most {0} conditions")]
+    TooManyConditions(u32),
+    /// More entries in one join than `MAX_POSTGRES_CHANGES_PER_CHANNEL`.
+    #[error("Too many postgres_changes entries: a channel may have at most {0}")]
+    TooManyForChannel(u32),
+    /// More entries over the connection's channels than `MAX_POSTGRES_CHANGES_PER_CLIENT`.
+    #[error("Too many postgres_changes entries: a connection may have at most {0} over all its channels")]
+    TooManyForClient(u32),
 }
 
 impl FilterError {
@@ -289,8 +339,13 @@ pub enum FilterSyntax {
 pub const FIELD_BLANK: &str = "can't be blank";
 /// Field error of a REST broadcast: present with the wrong type or form (Ecto's message).
 pub const FIELD_INVALID: &str = "is invalid";
-/// Field error of a REST broadcast payload that jsonb, the queue's payload type, cannot store.
+/// Field error of a REST broadcast topic, event or payload that PostgreSQL cannot store.
 pub const FIELD_NUL: &str = "must not contain \\u0000 (PostgreSQL cannot store it)";
+/// Field error of a REST broadcast topic or event over `MAX_TOPIC_BYTES` / `MAX_EVENT_BYTES`
+/// (Ecto's `validate_length` text with `count: :bytes`).
+pub fn field_too_long(max: usize) -> String {
+    format!("should be at most {max} byte(s)")
+}
 
 /// Refusal of a REST broadcast request (PROTOCOL.md §8). Bodies: 415 `{"error": msg}` (Realtime's
 /// content-type plug), 422 `{"errors": {field: [msg, ...]}}` (Realtime's changeset errors, with
@@ -320,6 +375,9 @@ pub enum RestError {
     WriteDenied,
     #[error("{}", JoinError::UnknownRole(.0.clone()))]
     UnknownRole(String),
+    /// The token's role is not in `ALLOWED_ROLES`.
+    #[error("{0}")]
+    RoleNotAllowed(AuthError),
     #[error("Connection pool exhausted")]
     PoolExhausted,
     #[error("Realtime was unable to connect to the project database")]
@@ -339,7 +397,9 @@ impl RestError {
             RestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RestError::UnreadableBody | RestError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             RestError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            RestError::WriteDenied | RestError::UnknownRole(_) => StatusCode::FORBIDDEN,
+            RestError::WriteDenied | RestError::UnknownRole(_) | RestError::RoleNotAllowed(_) => {
+                StatusCode::FORBIDDEN
+            }
             RestError::PoolExhausted | RestError::DatabaseUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -426,6 +486,9 @@ pub enum CloseReason {
     ReadFailed,
     /// Writing to the socket failed.
     WriteFailed,
+    /// More refused joins waiting for their reply than `MAX_PENDING_JOIN_ERRORS`: a client in
+    /// a join loop, whose replies must not pile up in memory.
+    TooManyJoinErrors,
 }
 
 impl CloseReason {
@@ -437,6 +500,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => 1009,
             CloseReason::WriteFailed => 1011,
             CloseReason::SlowClient => 4001,
+            CloseReason::TooManyJoinErrors => 4002,
         }
     }
 
@@ -449,6 +513,7 @@ impl CloseReason {
             CloseReason::ReadFailed => "read error",
             CloseReason::MessageTooBig => "message too big",
             CloseReason::WriteFailed => "write error",
+            CloseReason::TooManyJoinErrors => "too many refused joins pending",
         }
     }
 }
@@ -493,6 +558,39 @@ mod tests {
         assert_eq!(
             ConnectError::UnsupportedVsn.status(),
             StatusCode::BAD_REQUEST
+        );
+        let role = ConnectError::from(AuthError::RoleNotAllowed {
+            role: "postgres".into(),
+        });
+        assert_eq!(
+            (role.status(), role.to_string().as_str()),
+            (
+                StatusCode::FORBIDDEN,
+                "The role \"postgres\" of the token is not allowed"
+            )
+        );
+        assert_eq!(
+            ConnectError::TooManyConnections.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+
+    #[test]
+    fn token_role_and_nbf_reasons() {
+        let role = AuthError::RoleNotAllowed {
+            role: "postgres".into(),
+        };
+        assert_eq!(
+            JoinError::from(role.clone()).to_string(),
+            "Unauthorized: The role \"postgres\" of the token is not allowed"
+        );
+        assert_eq!(
+            role.refresh_message(),
+            "The role \"postgres\" of the token is not allowed"
+        );
+        assert_eq!(
+            JoinError::from(AuthError::NotYetValid).to_string(),
+            "InvalidJWTToken: Token is not valid yet"
         );
     }
 }

@@ -15,6 +15,7 @@
 //!   `error` — the catalogue of client-visible errors and close codes.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod app;
 mod auth;
 mod changes;
@@ -31,5 +32,8 @@ pub mod presence;
 pub mod publisher;
 pub mod queue;
 mod rest;
+pub mod server;
 mod session;
+pub mod unsubscriber;
+mod validate;
 mod ws;

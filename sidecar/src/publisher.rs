@@ -11,6 +11,10 @@
 //!   one client sends reaches the other sidecars in the order it was sent.
 //! * A batch that cannot be written is retried with backoff for `RETRY_FOR`, then dropped: these
 //!   are live messages, worthless minutes later. At shutdown the queue is flushed once.
+//! * A batch the database refuses (a data error, not an outage) never loses the messages it
+//!   could store: it is written again one message at a time, in order, and only the refused
+//!   ones are dropped, each with a log line. (Input is validated where it enters, so this is
+//!   the second line of defence: one client's bad message must not cost others theirs.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -97,7 +101,7 @@ pub async fn run(state: Arc<AppState>) {
             () = state.shutdown.cancelled() => break,
             n = rx.recv_many(&mut batch, BATCH) => if n == 0 { break },
         }
-        write_with_retry(&state, &batch).await;
+        publish_batch(&state, &batch).await;
         batch.clear();
     }
     // Flush what is already queued, once and briefly.
@@ -115,16 +119,74 @@ pub async fn run(state: Arc<AppState>) {
     }
 }
 
-async fn write_with_retry(state: &AppState, batch: &[Outgoing]) {
+/// Why a write failed.
+#[derive(Debug)]
+enum WriteError {
+    /// The database could not be reached or is busy: worth retrying.
+    Unavailable(String),
+    /// The database refused the statement (for instance a data error): retrying the same
+    /// batch would fail again.
+    Refused(String),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Unavailable(e) | WriteError::Refused(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for WriteError {
+    /// Connection loss, transaction conflicts, resource exhaustion, operator intervention and
+    /// system errors (SQLSTATE classes 08, 40, 53, 57, 58) are transient; any other error the
+    /// server reports is a refusal of this statement.
+    fn from(err: tokio_postgres::Error) -> Self {
+        match err.as_db_error() {
+            Some(db) if !matches!(&db.code().code()[..2], "08" | "40" | "53" | "57" | "58") => {
+                WriteError::Refused(format!("{} ({})", db.message(), db.code().code()))
+            }
+            _ => WriteError::Unavailable(err.to_string()),
+        }
+    }
+}
+
+/// Write one batch; if the database refuses it, write its messages one by one so that only the
+/// refused ones are lost.
+async fn publish_batch(state: &AppState, batch: &[Outgoing]) {
     let give_up = tokio::time::Instant::now() + RETRY_FOR;
+    let Err(err) = write_with_retry(state, batch, give_up).await else {
+        return;
+    };
+    if batch.len() > 1 {
+        tracing::info!(error = %err, messages = batch.len(),
+            "the database refused a batch; writing its messages one by one");
+    }
+    for msg in batch {
+        if let Err(err) = write_with_retry(state, std::slice::from_ref(msg), give_up).await {
+            tracing::warn!(error = %err, topic = %msg.key.sub_topic, event = %msg.event,
+                extension = msg.extension, "the database refused a message; dropped");
+            state.publisher.count_dropped(1, "refused by the database");
+        }
+    }
+}
+
+/// Write `batch`, retrying while the database is unavailable until `give_up`; `Err` is a
+/// refusal (an outage past `give_up` is counted as dropped here).
+async fn write_with_retry(
+    state: &AppState,
+    batch: &[Outgoing],
+    give_up: tokio::time::Instant,
+) -> Result<(), String> {
     let mut backoff = Duration::from_millis(50);
     loop {
         match write(state, batch).await {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
+            Err(WriteError::Refused(err)) => return Err(err),
             Err(err) if tokio::time::Instant::now() + backoff < give_up => {
                 tracing::debug!(error = %err, "publishing to other sidecars failed, retrying");
                 tokio::select! {
-                    () = state.shutdown.cancelled() => return,
+                    () = state.shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -134,18 +196,19 @@ async fn write_with_retry(state: &AppState, batch: &[Outgoing]) {
                 state
                     .publisher
                     .count_dropped(batch.len() as u64, "database unavailable");
-                return;
+                return Ok(());
             }
         }
     }
 }
 
-async fn write(state: &AppState, batch: &[Outgoing]) -> Result<(), String> {
-    let client = state.db.get().await.map_err(|err| err.to_string())?;
-    let statement = client
-        .prepare_cached(PUBLISH_SQL)
+async fn write(state: &AppState, batch: &[Outgoing]) -> Result<(), WriteError> {
+    let client = state
+        .db
+        .get()
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| WriteError::Unavailable(err.to_string()))?;
+    let statement = client.prepare_cached(PUBLISH_SQL).await?;
     let topics: Vec<&str> = batch.iter().map(|m| m.key.sub_topic.as_str()).collect();
     let privates: Vec<bool> = batch.iter().map(|m| m.key.private).collect();
     let extensions: Vec<&str> = batch.iter().map(|m| m.extension).collect();
@@ -177,7 +240,6 @@ async fn write(state: &AppState, batch: &[Outgoing]) -> Result<(), String> {
                 &binary,
             ],
         )
-        .await
-        .map_err(|err| err.to_string())?;
+        .await?;
     Ok(())
 }

@@ -13,9 +13,11 @@
 //! * Topics, events, payloads and ids reach SQL only as bind parameters.
 //! * Private topics are authorized by the caller's `realtime.messages` INSERT policies, evaluated
 //!   once per distinct topic per request, with the request headers as `request.headers`.
-//! * Payloads are checked to be storable as jsonb before the database sees them, so a bad payload
-//!   is a 4xx, never a failed statement.
+//! * Topics, events and payloads are checked to be storable (no U+0000) and topics and events
+//!   to be within `MAX_TOPIC_BYTES` / `MAX_EVENT_BYTES` (the socket's limits) before the
+//!   database sees them, so bad input is a 4xx, never a failed statement.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +34,13 @@ use tokio_postgres::types::ToSql;
 
 use crate::app::AppState;
 use crate::auth::Claims;
-use crate::error::{PolicyError, RestError, FIELD_BLANK, FIELD_INVALID, FIELD_NUL};
+use crate::channel;
+use crate::config::Config;
+use crate::error::{
+    field_too_long, AuthError, PolicyError, RestError, FIELD_BLANK, FIELD_INVALID, FIELD_NUL,
+};
 use crate::policies::{self, Subject};
+use crate::validate;
 use crate::ws::headers_json;
 
 /// Queues messages in array order (ordinality), one `_enqueue` call each. Payloads and ids
@@ -49,6 +56,25 @@ const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Ecto-style field errors: field name → list of messages.
 type FieldErrors = Map<String, Value>;
+/// One field error message.
+type FieldError = Cow<'static, str>;
+
+/// Longest topic and event accepted, in bytes: the socket's limits (a REST topic has no
+/// `realtime:` prefix).
+#[derive(Debug, Clone, Copy)]
+struct Names {
+    topic: usize,
+    event: usize,
+}
+
+impl Names {
+    fn of(config: &Config) -> Self {
+        Names {
+            topic: channel::max_sub_topic_bytes(config.max_topic_bytes),
+            event: config.max_event_bytes as usize,
+        }
+    }
+}
 
 /// A validated batch message (or a JSON single one), ready for `ENQUEUE_JSON_SQL`.
 #[derive(Debug, PartialEq)]
@@ -80,7 +106,8 @@ pub async fn batch(
         }
         let claims = authenticate(&state, request.headers())?;
         let headers = headers_json(request.headers());
-        let messages = parse_batch(&read_body(&state, request).await?)?;
+        let names = Names::of(&state.config);
+        let messages = parse_batch(names, &read_body(&state, request).await?)?;
         let mut verdicts: HashMap<String, bool> = HashMap::new();
         let mut deliver = Vec::with_capacity(messages.len());
         for msg in messages {
@@ -126,7 +153,7 @@ pub async fn single(
         if body.len() > max_payload {
             return Err(RestError::PayloadTooLarge(max_payload));
         }
-        let payload = check_single(&topic, &event, kind, body)?;
+        let payload = check_single(Names::of(&state.config), &topic, &event, kind, body)?;
         if private {
             single_verdict(may_write(&state, &claims, &topic, &headers).await)?;
         }
@@ -202,7 +229,10 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, RestErr
     let token = request_token(headers).ok_or(RestError::Unauthorized)?;
     state.auth.verify(token).map_err(|err| {
         tracing::debug!(error = %err, "broadcast token refused");
-        RestError::Unauthorized
+        match err {
+            AuthError::RoleNotAllowed { .. } => RestError::RoleNotAllowed(err),
+            _ => RestError::Unauthorized,
+        }
     })
 }
 
@@ -241,7 +271,7 @@ fn parse_json(body: &[u8]) -> Result<Value, RestError> {
     serde_json::from_slice(body).map_err(|err| RestError::MalformedJson(err.to_string()))
 }
 
-fn invalid(field: &str, message: &str) -> RestError {
+fn invalid(field: &str, message: &'static str) -> RestError {
     let mut errors = FieldErrors::new();
     errors.insert(field.to_owned(), Value::from([message]));
     RestError::Invalid(errors)
@@ -250,7 +280,7 @@ fn invalid(field: &str, message: &str) -> RestError {
 /// Parse and validate a batch body. Errors follow Ecto's `traverse_errors` for Realtime's
 /// `embeds_many :messages`: `{"messages": ["can't be blank"]}`, or one object per message
 /// (`{}` for a valid one) when any message has field errors.
-fn parse_batch(body: &[u8]) -> Result<Vec<Message>, RestError> {
+fn parse_batch(names: Names, body: &[u8]) -> Result<Vec<Message>, RestError> {
     let doc = parse_json(body)?;
     let list = match doc.get("messages") {
         None | Some(Value::Null) => return Err(invalid("messages", FIELD_BLANK)),
@@ -266,7 +296,7 @@ fn parse_batch(body: &[u8]) -> Result<Vec<Message>, RestError> {
         let Value::Object(fields) = item else {
             return Err(invalid("messages", FIELD_INVALID));
         };
-        match parse_message(fields) {
+        match parse_message(names, fields) {
             Ok(msg) => {
                 messages.push(msg);
                 reports.push(Value::Object(FieldErrors::new()));
@@ -282,15 +312,15 @@ fn parse_batch(body: &[u8]) -> Result<Vec<Message>, RestError> {
     Ok(messages)
 }
 
-fn parse_message(fields: &Map<String, Value>) -> Result<Message, FieldErrors> {
+fn parse_message(names: Names, fields: &Map<String, Value>) -> Result<Message, FieldErrors> {
     let mut errors = FieldErrors::new();
-    let text = |name| match fields.get(name) {
-        None | Some(Value::Null) => Err(FIELD_BLANK),
-        Some(Value::String(s)) => check_name(s).map(|()| s.clone()),
-        Some(_) => Err(FIELD_INVALID),
+    let text = |name, max| match fields.get(name) {
+        None | Some(Value::Null) => Err(FIELD_BLANK.into()),
+        Some(Value::String(s)) => check_name(s, max).map(|()| s.clone()),
+        Some(_) => Err(FIELD_INVALID.into()),
     };
-    let topic = field(&mut errors, "topic", text("topic"));
-    let event = field(&mut errors, "event", text("event"));
+    let topic = field(&mut errors, "topic", text("topic", names.topic));
+    let event = field(&mut errors, "event", text("event", names.event));
     let payload = match fields.get("payload") {
         None | Some(Value::Null) => Err(FIELD_BLANK),
         Some(object @ Value::Object(_)) => check_storable(object).map(|()| object.to_string()),
@@ -322,16 +352,25 @@ fn parse_message(fields: &Map<String, Value>) -> Result<Message, FieldErrors> {
 }
 
 /// The value of a valid field; an invalid one's message is recorded under `name`.
-fn field<T>(errors: &mut FieldErrors, name: &str, result: Result<T, &'static str>) -> Option<T> {
+fn field<T>(
+    errors: &mut FieldErrors,
+    name: &str,
+    result: Result<T, impl Into<FieldError>>,
+) -> Option<T> {
     result
-        .map_err(|message| errors.insert(name.to_owned(), Value::from([message])))
+        .map_err(|message| errors.insert(name.to_owned(), Value::from([message.into()])))
         .ok()
 }
 
-/// Topics and events must not be blank (Ecto's `validate_required`: empty or whitespace only).
-fn check_name(name: &str) -> Result<(), &'static str> {
+/// Topics and events must not be blank (Ecto's `validate_required`: empty or whitespace only),
+/// must be storable as text and at most `max` bytes long.
+fn check_name(name: &str, max: usize) -> Result<(), FieldError> {
     if name.trim().is_empty() {
-        Err(FIELD_BLANK)
+        Err(FIELD_BLANK.into())
+    } else if !validate::text_storable(name) {
+        Err(FIELD_NUL.into())
+    } else if name.len() > max {
+        Err(field_too_long(max).into())
     } else {
         Ok(())
     }
@@ -339,18 +378,10 @@ fn check_name(name: &str) -> Result<(), &'static str> {
 
 /// jsonb (the queue's payload type) cannot hold U+0000 in a string or key.
 fn check_storable(value: &Value) -> Result<(), &'static str> {
-    fn has_nul(value: &Value) -> bool {
-        match value {
-            Value::String(s) => s.contains('\0'),
-            Value::Array(items) => items.iter().any(has_nul),
-            Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-            Value::Null | Value::Bool(_) | Value::Number(_) => false,
-        }
-    }
-    if has_nul(value) {
-        Err(FIELD_NUL)
-    } else {
+    if validate::value_storable(value) {
         Ok(())
+    } else {
+        Err(FIELD_NUL)
     }
 }
 
@@ -373,14 +404,15 @@ enum SinglePayload {
 /// Validate the single endpoint's topic, event and body together, so one 422 names every bad
 /// field. A raw body may be empty; a JSON body may be any JSON value but not nothing.
 fn check_single(
+    names: Names,
     topic: &str,
     event: &str,
     kind: BodyKind,
     body: Bytes,
 ) -> Result<SinglePayload, RestError> {
     let mut errors = FieldErrors::new();
-    field(&mut errors, "topic", check_name(topic));
-    field(&mut errors, "event", check_name(event));
+    field(&mut errors, "topic", check_name(topic, names.topic));
+    field(&mut errors, "event", check_name(event, names.event));
     let payload = match kind {
         BodyKind::Binary => Ok(SinglePayload::Binary(body)),
         BodyKind::Json if body.iter().all(u8::is_ascii_whitespace) => Err(FIELD_BLANK),
@@ -539,6 +571,12 @@ mod tests {
     use crate::app::app;
     use crate::auth::tests::{token, valid_token, SECRET};
     use crate::config::Config;
+
+    /// The default limits: a 255-byte Phoenix topic, a 255-byte event.
+    const NAMES: Names = Names {
+        topic: 246,
+        event: 255,
+    };
 
     /// The router on an ephemeral port, its database unreachable (port 1).
     async fn serve() -> SocketAddr {
@@ -714,7 +752,7 @@ mod tests {
     }
 
     fn batch(body: Value) -> Result<Vec<Message>, RestError> {
-        parse_batch(body.to_string().as_bytes())
+        parse_batch(NAMES, body.to_string().as_bytes())
     }
 
     #[test]
@@ -852,19 +890,54 @@ mod tests {
     }
 
     #[test]
+    fn names_must_be_storable_and_within_the_limits() {
+        let long_topic = "t".repeat(NAMES.topic + 1);
+        let long_event = "e".repeat(NAMES.event + 1);
+        let got = errors(batch(json!({"messages": [
+            {"topic": "a\u{0}b", "event": "\u{0}", "payload": {}},
+            {"topic": long_topic, "event": long_event, "payload": {}},
+            {"topic": "t".repeat(NAMES.topic), "event": "e".repeat(NAMES.event), "payload": {}},
+        ]})));
+        assert_eq!(
+            got,
+            json!({"messages": [
+                {"topic": [FIELD_NUL], "event": [FIELD_NUL]},
+                {"topic": ["should be at most 246 byte(s)"], "event": ["should be at most 255 byte(s)"]},
+                {},
+            ]})
+        );
+        assert_eq!(
+            errors(check_single(
+                NAMES,
+                "room\u{0}",
+                "e",
+                BodyKind::Binary,
+                Bytes::new()
+            )),
+            json!({"topic": [FIELD_NUL]})
+        );
+    }
+
+    #[test]
     fn malformed_json_is_not_a_field_error() {
         assert!(matches!(
-            parse_batch(b"{\"messages\": ["),
+            parse_batch(NAMES, b"{\"messages\": ["),
             Err(RestError::MalformedJson(_))
         ));
         // A lone surrogate cannot be stored as text.
         let lone = br#"{"messages":[{"topic":"t","event":"e","payload":{"s":"\ud800"}}]}"#;
         assert!(matches!(
-            parse_batch(lone),
+            parse_batch(NAMES, lone),
             Err(RestError::MalformedJson(_))
         ));
         assert!(matches!(
-            check_single("t", "e", BodyKind::Json, Bytes::from_static(b"{nope")),
+            check_single(
+                NAMES,
+                "t",
+                "e",
+                BodyKind::Json,
+                Bytes::from_static(b"{nope")
+            ),
             Err(RestError::MalformedJson(_))
         ));
     }
@@ -872,6 +945,7 @@ mod tests {
     #[test]
     fn single_bodies() {
         let json = |body: &'static [u8]| match check_single(
+            NAMES,
             "t",
             "e",
             BodyKind::Json,
@@ -884,17 +958,24 @@ mod tests {
         assert_eq!(json(b"\"just a string\""), r#""just a string""#);
         assert_eq!(json(b"null"), "null");
         assert_eq!(json(b"42"), "42");
-        match check_single("t", "e", BodyKind::Binary, Bytes::from_static(b"\x00\xff")) {
+        match check_single(
+            NAMES,
+            "t",
+            "e",
+            BodyKind::Binary,
+            Bytes::from_static(b"\x00\xff"),
+        ) {
             Ok(SinglePayload::Binary(bytes)) => assert_eq!(&bytes[..], b"\x00\xff"),
             other => panic!("expected a binary payload, got {other:?}"),
         }
         // An empty raw body is a valid (empty) binary payload; an empty JSON body is not.
         assert!(matches!(
-            check_single("t", "e", BodyKind::Binary, Bytes::new()),
+            check_single(NAMES, "t", "e", BodyKind::Binary, Bytes::new()),
             Ok(SinglePayload::Binary(_))
         ));
         assert_eq!(
             errors(check_single(
+                NAMES,
                 "t",
                 "e",
                 BodyKind::Json,
@@ -904,6 +985,7 @@ mod tests {
         );
         assert_eq!(
             errors(check_single(
+                NAMES,
                 " ",
                 "",
                 BodyKind::Json,
@@ -912,7 +994,7 @@ mod tests {
             json!({"topic": ["can't be blank"], "event": ["can't be blank"], "payload": [FIELD_NUL]})
         );
         assert_eq!(
-            errors(check_single("t", "", BodyKind::Binary, Bytes::new())),
+            errors(check_single(NAMES, "t", "", BodyKind::Binary, Bytes::new())),
             json!({"event": ["can't be blank"]})
         );
     }

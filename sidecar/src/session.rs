@@ -13,7 +13,14 @@
 //!   with a stale non-null `join_ref`); incoming `join_ref`s are not checked (Realtime's
 //!   leniency, PROTOCOL.md §1.9).
 //! * Join errors are answered after `CHANNEL_ERROR_BACKOFF_MS` without blocking the socket: the
-//!   replies wait in `delayed` (one fixed delay, so the queue is ordered by deadline).
+//!   replies wait in `delayed` (one fixed delay, so the queue is ordered by deadline), at most
+//!   `MAX_PENDING_JOIN_ERRORS` of them: one more closes the connection.
+//! * Input is checked before it is used (topic and event lengths, storability: `validate`), so
+//!   nothing this connection sends can fail a statement shared with other clients.
+//! * Presence's per-channel rate limit counts per topic for the life of the connection, so
+//!   leaving and re-joining does not reset it.
+//! * A channel's Postgres Changes subscriptions are bounded (entries per channel and per
+//!   connection, conditions per filter) and deleted from the database when the channel ends.
 //! * Private channels are authorized by the database (`policies`). The evaluations run as
 //!   futures owned by the session (dropped with it); each carries a ticket, and an outcome whose
 //!   ticket is no longer current (the join was superseded or left, the channel re-joined) is
@@ -39,17 +46,20 @@ use crate::app::AppState;
 use crate::auth::{unix_now, Claims};
 use crate::changes::{self, SubscribeFailure};
 use crate::channel::{self, Channel, ChannelTable, HeldReply, JoinConfig, Reevaluation};
-use crate::codec::{self, Broadcast, Frame, InPayload, Inbound, Reply};
+use crate::codec::{self, Broadcast, Frame, InPayload, Inbound, Reply, UserPayload};
+use crate::config::Config;
 use crate::error::{
-    read_revoked, write_denied, AuthError, JoinError, PolicyError, PAYLOAD_SIZE_EXCEEDED,
-    PRESENCE_NOT_A_MAP, PRESENCE_RATE_LIMITED, PRESENCE_TOO_LARGE, PRESENCE_TOO_MANY,
-    SUBSCRIBED_TO_POSTGRES, TOO_MANY_MESSAGES, UNMATCHED_TOPIC,
+    event_too_long, read_revoked, write_denied, AuthError, CloseReason, FilterError, JoinError,
+    PolicyError, PAYLOAD_SIZE_EXCEEDED, PRESENCE_NOT_A_MAP, PRESENCE_RATE_LIMITED,
+    PRESENCE_TOO_LARGE, PRESENCE_TOO_MANY, SUBSCRIBED_TO_POSTGRES, TOO_MANY_MESSAGES,
+    UNMATCHED_TOPIC, UNSTORABLE,
 };
 use crate::fanout::{ConnHandle, TopicKey};
 use crate::filter;
 use crate::policies::{self, Permissions, Subject};
 use crate::presence::{self, Diff, Meta};
 use crate::publisher::Outgoing;
+use crate::validate;
 
 pub struct Session {
     state: Arc<AppState>,
@@ -67,6 +77,9 @@ pub struct Session {
     /// Private joins waiting for their policies, by Phoenix topic.
     joining: HashMap<String, PendingJoin>,
     last_ticket: u64,
+    /// Recent presence track/untrack calls by Phoenix topic, for the per-channel rate limit;
+    /// kept across re-joins of the topic.
+    presence_calls: HashMap<String, VecDeque<Instant>>,
 }
 
 /// What a successful join is granted with.
@@ -143,6 +156,7 @@ impl Session {
             evaluations: 0,
             joining: HashMap::new(),
             last_ticket: 0,
+            presence_calls: HashMap::new(),
         }
     }
 
@@ -368,6 +382,13 @@ impl Session {
         if sub.is_empty() {
             return Err(JoinError::TopicNameRequired);
         }
+        let max_topic = self.state.config.max_topic_bytes;
+        if sub.len() > channel::max_sub_topic_bytes(max_topic) {
+            return Err(JoinError::TopicTooLong(max_topic));
+        }
+        if !validate::text_storable(sub) {
+            return Err(JoinError::TopicNul);
+        }
         // Evaluations in flight count too, so a client cannot pile up database work.
         if self.channels.len() + self.evaluations
             >= self.state.config.max_channels_per_client as usize
@@ -375,6 +396,13 @@ impl Session {
             return Err(JoinError::TooManyChannels);
         }
         let config = JoinConfig::parse(payload);
+        if config
+            .presence_key
+            .as_deref()
+            .is_some_and(|key| !validate::text_storable(key))
+        {
+            return Err(JoinError::PresenceKeyNul);
+        }
         let token = channel::join_token(payload, &self.conn_token);
         // The connection's token is shared, not copied, by the channels it authorizes.
         let token: Arc<str> = if token == &*self.conn_token {
@@ -411,6 +439,13 @@ impl Session {
             "phx_reply",
             &reply,
         );
+        if self.delayed.len() >= self.state.config.max_pending_join_errors as usize {
+            tracing::info!(
+                conn = self.conn.id,
+                "too many refused joins pending, closing the connection"
+            );
+            return self.conn.close(CloseReason::TooManyJoinErrors);
+        }
         let at = Instant::now() + self.state.config.channel_error_backoff();
         self.delayed.push_back((at, frame));
     }
@@ -443,7 +478,16 @@ impl Session {
             .iter()
             .map(channel::postgres_change_echo)
             .collect();
-        let bindings = parse_bindings(&config.postgres_changes, &echo);
+        let bindings = parse_bindings(
+            &self.state.config,
+            &config.postgres_changes,
+            &echo,
+            self.channels.postgres_changes(),
+        );
+        let binding_count = match &bindings {
+            Ok(Some(_)) => echo.len(),
+            _ => 0,
+        };
         let recheck_at = config
             .private
             .then(|| Instant::now() + self.state.config.policy_recheck());
@@ -462,7 +506,6 @@ impl Session {
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                 presence_sub: None,
                 tracked: None,
-                presence_calls: VecDeque::new(),
                 permissions,
                 token,
                 expires_at: channel::deadline(claims.exp, unix_now()),
@@ -470,6 +513,7 @@ impl Session {
                 recheck_at,
                 registration: self.state.changes.next_channel(),
                 bindings: bindings.as_ref().ok().cloned().flatten(),
+                binding_count,
                 change_subs: Vec::new(),
                 changes_ticket: 0,
                 held_reply: None,
@@ -542,17 +586,24 @@ impl Session {
             ticket,
             result,
         } = done;
-        let Some(ch) = self.channels.get_mut(&topic) else {
-            return; // the channel ended: its rows are swept
-        };
-        if ch.registration != registration || ch.changes_ticket != ticket {
+        let current = self
+            .channels
+            .get(&topic)
+            .is_some_and(|ch| ch.registration == registration && ch.changes_ticket == ticket);
+        let Some(ch) = self.channels.get_mut(&topic).filter(|_| current) else {
+            // The channel ended or subscribed again meanwhile: these rows serve nobody.
+            if let Ok(subs) = &result {
+                let ids: Vec<i64> = subs.iter().map(|(_, id)| *id).collect();
+                self.state.unsubscriber.forget(&ids);
+            }
             return;
-        }
+        };
         let held = ch.held_reply.take();
         let join_ref = ch.join_ref.clone();
         match result {
             Ok(subs) => {
                 self.state.changes.unregister(&ch.change_subs);
+                self.state.unsubscriber.forget(&ch.change_subs);
                 self.state
                     .changes
                     .register(&self.conn, &topic, registration, &subs);
@@ -731,6 +782,20 @@ impl Session {
             }
         };
         let remote = msg.user_parts();
+        if let Some(reason) = self.refusal(&msg, remote.as_ref()) {
+            tracing::debug!(conn = self.conn.id, topic, reason, "broadcast refused");
+            if ch.broadcast_ack {
+                let join_ref = ch.join_ref.as_deref();
+                self.reply(
+                    join_ref,
+                    msg_ref,
+                    topic,
+                    "error",
+                    json!({ "reason": reason }),
+                );
+            }
+            return;
+        }
         let size = remote.as_ref().map_or(0, |(_, payload)| payload.len());
         if size > self.state.config.max_payload_bytes as usize {
             tracing::debug!(
@@ -766,6 +831,26 @@ impl Session {
         }
     }
 
+    /// Why a broadcast may not be sent: an event name over `MAX_EVENT_BYTES`, or text the
+    /// database cannot store (every broadcast also goes to the other sidecars through it).
+    fn refusal(&self, msg: &Broadcast, remote: Option<&(String, UserPayload)>) -> Option<String> {
+        let max_event = self.state.config.max_event_bytes;
+        if remote.is_some_and(|(event, _)| event.len() > max_event as usize) {
+            return Some(event_too_long(max_event));
+        }
+        let storable = match msg {
+            Broadcast::Json(raw) => validate::json_storable(raw.get()),
+            Broadcast::User(user) => {
+                validate::text_storable(&user.event)
+                    && match &user.payload {
+                        UserPayload::Json(raw) => validate::json_storable(raw.get()),
+                        UserPayload::Binary(_) => true,
+                    }
+            }
+        };
+        (!storable).then(|| UNSTORABLE.to_owned())
+    }
+
     /// `presence` push: `track` / `untrack` (PROTOCOL.md §5.1, limits §5.5).
     fn presence(&mut self, topic: &str, msg_ref: Option<&str>, payload: InPayload) {
         let push: Value = match &payload {
@@ -785,16 +870,8 @@ impl Session {
         let outcome = match event.as_deref() {
             _ if !ch.permissions.presence_write => PresenceOutcome::Error(json!({})),
             Some(event @ ("track" | "untrack")) => {
-                let window = config.presence_window();
-                ch.presence_calls.push_back(now);
-                while ch
-                    .presence_calls
-                    .front()
-                    .is_some_and(|at| now.duration_since(*at) >= window)
-                {
-                    ch.presence_calls.pop_front();
-                }
-                if ch.presence_calls.len() > config.presence_max_calls as usize {
+                let calls = count_presence_call(&mut self.presence_calls, config, topic, now);
+                if calls > config.presence_max_calls as usize {
                     PresenceOutcome::Close(PRESENCE_RATE_LIMITED)
                 } else if !self
                     .state
@@ -984,6 +1061,28 @@ enum PresenceOutcome {
     Close(&'static str),
 }
 
+/// Record a presence call on `topic` at `now`; the calls within the window, this one included.
+/// Topics without a call in the window are forgotten once the map outgrows a connection's
+/// channels, so the map stays as small as the calls the rate limits let through.
+fn count_presence_call(
+    calls: &mut HashMap<String, VecDeque<Instant>>,
+    config: &Config,
+    topic: &str,
+    now: Instant,
+) -> usize {
+    let window = config.presence_window();
+    let recent = |at: &Instant| now.duration_since(*at) < window;
+    if calls.len() > 2 * config.max_channels_per_client as usize {
+        calls.retain(|_, list| list.back().is_some_and(recent));
+    }
+    let list = calls.entry(topic.to_owned()).or_default();
+    list.push_back(now);
+    while list.front().is_some_and(|at| !recent(at)) {
+        list.pop_front();
+    }
+    list.len()
+}
+
 /// A `track` on `ch`: the new meta joins, the one it replaces (if any) leaves.
 fn track(ch: &mut Channel, payload: Option<&Value>, max_bytes: usize) -> PresenceOutcome {
     let meta = match payload {
@@ -991,6 +1090,12 @@ fn track(ch: &mut Channel, payload: Option<&Value>, max_bytes: usize) -> Presenc
         Some(Value::Object(meta)) => meta.clone(),
         Some(_) => return PresenceOutcome::Error(json!({ "reason": PRESENCE_NOT_A_MAP })),
     };
+    if !meta
+        .iter()
+        .all(|(k, v)| validate::text_storable(k) && validate::value_storable(v))
+    {
+        return PresenceOutcome::Error(json!({ "reason": UNSTORABLE }));
+    }
     if Value::Object(meta.clone()).to_string().len() > max_bytes {
         return PresenceOutcome::Close(PRESENCE_TOO_LARGE);
     }
@@ -1019,17 +1124,32 @@ fn track(ch: &mut Channel, payload: Option<&Value>, max_bytes: usize) -> Presenc
 }
 
 /// The `_subscribe` form of a join's `postgres_changes` entries (`None`: there are none), or the
-/// first entry's error for the client.
+/// error for the client: too many entries (for the channel, or with the `others` the
+/// connection's other channels have), else the first entry's error.
 fn parse_bindings(
+    config: &Config,
     entries: &[Map<String, Value>],
     echo: &[Value],
+    others: usize,
 ) -> Result<Option<Arc<str>>, String> {
     if entries.is_empty() {
         return Ok(None);
     }
+    let per_channel = config.max_postgres_changes_per_channel;
+    if entries.len() > per_channel as usize {
+        return Err(FilterError::TooManyForChannel(per_channel).to_string());
+    }
+    let per_client = config.max_postgres_changes_per_client;
+    if others + entries.len() > per_client as usize {
+        return Err(FilterError::TooManyForClient(per_client).to_string());
+    }
+    let max_conditions = config.max_filter_conditions;
     let mut bindings = Vec::with_capacity(entries.len());
     for (entry, echoed) in entries.iter().zip(echo) {
         let binding = filter::parse_binding(entry).map_err(|err| err.to_string())?;
+        if binding.filters.len() > max_conditions as usize {
+            return Err(FilterError::TooManyConditions(max_conditions).to_string());
+        }
         bindings.push((echoed["id"].as_u64().unwrap_or_default(), binding));
     }
     Ok(Some(changes::bindings_json(&bindings).into()))
@@ -1037,6 +1157,7 @@ fn parse_bindings(
 
 fn release(state: &AppState, ch: &Channel) {
     state.changes.unregister(&ch.change_subs);
+    state.unsubscriber.forget(&ch.change_subs);
     if let Some(id) = ch.sub_id {
         state.registry.unsubscribe(&ch.key, id);
     }
@@ -1618,6 +1739,168 @@ mod tests {
         c.send(&json!(["1", "4", "realtime:r", "broadcast", push]).to_string());
         assert_eq!(c.recv()[4]["message"], "Too many messages per second");
         assert_eq!(c.recv()[3], "phx_close");
+    }
+
+    #[test]
+    fn presence_rate_limit_survives_rejoining() {
+        let state = state();
+        let mut c = Client::new(&state);
+        for round in 0..5 {
+            c.join("realtime:p", &round.to_string(), json!({}));
+            track(&mut c, "realtime:p", "t", json!({ "round": round }));
+            assert_eq!(c.recv()[4]["status"], "ok");
+            c.recv(); // own diff
+            c.send(&json!([round.to_string(), "l", "realtime:p", "phx_leave", {}]).to_string());
+            while c.rx.try_recv().is_ok() {}
+        }
+        c.join("realtime:p", "9", json!({}));
+        track(&mut c, "realtime:p", "t", json!({"round": 9}));
+        assert_eq!(
+            c.recv()[4]["message"],
+            "Client presence rate limit exceeded"
+        );
+        // Another topic has its own window.
+        c.join("realtime:q", "10", json!({}));
+        track(&mut c, "realtime:q", "t", json!({}));
+        assert_eq!(c.recv()[4]["status"], "ok");
+    }
+
+    #[test]
+    fn unstorable_input_is_refused_at_the_boundary() {
+        let state = state();
+        let mut c = Client::new(&state);
+        c.join("realtime:r", "1", json!({"broadcast": {"ack": true}}));
+        let nul = json!({"type":"broadcast","event":"e","payload":{"k":"\u{0}"}});
+        let nul_event = json!({"type":"broadcast","event":"e\u{0}","payload":{}});
+        let long_event = json!({"type":"broadcast","event":"e".repeat(256),"payload":{}});
+        for (r, push) in [("2", &nul), ("3", &nul_event)] {
+            c.send(&json!(["1", r, "realtime:r", "broadcast", push]).to_string());
+            assert_eq!(
+                c.recv()[4],
+                json!({"status":"error","response":{"reason": UNSTORABLE}})
+            );
+        }
+        c.send(&json!(["1", "4", "realtime:r", "broadcast", long_event]).to_string());
+        assert_eq!(
+            c.recv()[4]["response"]["reason"],
+            "The event name is longer than 255 bytes"
+        );
+        let kind3 = [
+            &[3u8, 1, 1, 10, 1, 0, 1][..],
+            b"15realtime:re{\"k\":\"\\u0000\"}",
+        ]
+        .concat();
+        c.session
+            .handle(codec::decode_binary(Vsn::V2, kind3.into()).expect("kind 3"));
+        assert_eq!(c.recv()[4]["response"]["reason"], UNSTORABLE);
+        track(&mut c, "realtime:r", "6", json!({"\u{0}": 1}));
+        assert_eq!(c.recv()[4]["response"]["reason"], UNSTORABLE);
+
+        c.send(r#"["7","7","realtime:a\u0000b","phx_join",{}]"#);
+        assert_eq!(
+            c.recv()[4]["response"]["reason"],
+            "InvalidTopicName: The topic must not contain \\u0000"
+        );
+        let long = format!("realtime:{}", "t".repeat(247));
+        c.send(&json!(["8", "8", long, "phx_join", {}]).to_string());
+        assert_eq!(
+            c.recv()[4]["response"]["reason"],
+            "InvalidTopicName: The topic is longer than 255 bytes"
+        );
+        c.send(r#"["9","9","realtime:k","phx_join",{"config":{"presence":{"key":"\u0000"}}}]"#);
+        assert_eq!(
+            c.recv()[4]["response"]["reason"],
+            "InvalidJoinPayload: The presence key must not contain \\u0000"
+        );
+    }
+
+    #[test]
+    fn refused_joins_pending_are_bounded() {
+        let state = state_with(&["--max-pending-join-errors=3"]);
+        let (conn, _rx) = ConnHandle::new(1, Vsn::V2, 16, &state.shutdown);
+        let mut session = Session::new(
+            state.clone(),
+            conn.clone(),
+            valid_token().into(),
+            "{}".into(),
+        );
+        let refused = |r: usize| {
+            let frame = json!([r.to_string(), r.to_string(), "realtime:", "phx_join", {}]);
+            codec::decode_text(Vsn::V2, &frame.to_string()).expect("frame")
+        };
+        // Without a timer tick the refusals stay pending.
+        for r in 0..3 {
+            session.handle(refused(r));
+        }
+        assert!(!conn.kill_token().is_cancelled());
+        session.handle(refused(3));
+        assert_eq!(conn.close_reason(), CloseReason::TooManyJoinErrors);
+    }
+
+    #[test]
+    fn postgres_changes_are_bounded() {
+        let state = state_with(&[
+            "--max-filter-conditions=2",
+            "--max-postgres-changes-per-channel=3",
+            "--max-postgres-changes-per-client=4",
+        ]);
+        let mut c = Client::new(&state);
+        let entry =
+            |filter: &str| json!({"event":"*","schema":"public","table":"t","filter":filter});
+        let refused = |c: &mut Client, entries: Vec<Value>| {
+            assert_eq!(
+                c.join("realtime:x", "1", json!({ "postgres_changes": entries }))[4]["status"],
+                "ok"
+            );
+            let message = c.recv()[4]["message"].clone();
+            c.send(r#"["1","2","realtime:x","phx_leave",{}]"#);
+            c.recv();
+            c.recv();
+            message
+        };
+        assert_eq!(
+            refused(&mut c, vec![entry("a=eq.1,b=eq.2,c=eq.3")]),
+            "Error parsing `filter` params: a filter may have at most 2 conditions"
+        );
+        assert_eq!(
+            refused(&mut c, vec![entry("a=eq.1"); 4]),
+            "Too many postgres_changes entries: a channel may have at most 3"
+        );
+        c.join(
+            "realtime:a",
+            "1",
+            json!({ "postgres_changes": vec![entry("a=eq.1,b=eq.2"); 3] }),
+        );
+        c.assert_silent(); // subscribing
+        assert_eq!(
+            refused(&mut c, vec![entry("a=eq.1"); 2]),
+            "Too many postgres_changes entries: a connection may have at most 4 over all its channels"
+        );
+        // Leaving frees the channel's share.
+        c.send(r#"["1","2","realtime:a","phx_leave",{}]"#);
+        c.recv();
+        c.recv();
+        c.join(
+            "realtime:b",
+            "3",
+            json!({ "postgres_changes": vec![entry("a=eq.1"); 2] }),
+        );
+        c.assert_silent();
+    }
+
+    #[test]
+    fn ended_channels_forget_their_subscriptions() {
+        let state = state();
+        let mut c = Client::new(&state);
+        let entry = json!([{"event":"*","schema":"public","table":"todos"}]);
+        let reply = c.join("realtime:db", "1", json!({"postgres_changes": entry}));
+        let id = reply[4]["response"]["postgres_changes"][0]["id"]
+            .as_u64()
+            .expect("id");
+        subscribed(&mut c, "realtime:db", Ok(vec![(id, 41)]));
+        c.recv();
+        c.send(r#"["1","2","realtime:db","phx_leave",{}]"#);
+        assert_eq!(state.unsubscriber.queued(), [vec![41]]);
     }
 
     #[test]
