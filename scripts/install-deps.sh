@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, skipping whatever is already there:
-# Debian packages, cargo-pgrx (pinned to the workspace's pgrx), `cargo pgrx init` for PG 15.
+# Debian packages, rustfmt and clippy, cargo-pgrx (pinned to the workspace's pgrx), `cargo pgrx
+# init` for Debian's PG 15 (for `make install`; the #[pg_test] tier and the extension's lint use
+# a private copy with its own PGRX_HOME: scripts/pg-private.sh).
 # Node 22 and the client packages for the integration tests: scripts/install-node.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION" ]; then
   echo "install-deps: cargo install cargo-pgrx $PGRX_VERSION (a few minutes)" >&2

@@ -14,7 +14,11 @@ up_to_date() {
 }
 
 if ! up_to_date; then
-  command -v npm >/dev/null || { echo "install-node.sh: npm is required (apt-get install npm)" >&2; exit 1; }
+  if ! command -v npm >/dev/null; then
+    echo "install-node.sh: apt-get install npm" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+  fi
   # The system npm may run on an older Node; engine warnings about realtime-js (node >= 22) are
   # expected here, the tests run on the pinned Node 22.
   npm ci --no-audit --no-fund --loglevel=error >&2

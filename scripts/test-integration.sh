@@ -2,11 +2,11 @@
 # Integration tests: real PostgreSQL clusters (scripts/pg.sh) + the release sidecar + the
 # unmodified @supabase/realtime-js client (and the Python `realtime` client, tests/python), with
 # node's built-in test runner (Node 22).
-#   scripts/test-integration.sh                     all tests/*.test.mjs
+#   scripts/test-integration.sh                     all tests/*.test.mjs and tests/security/*.test.mjs
 #   scripts/test-integration.sh tests/x.test.mjs    selected files (extra node --test flags ok,
 #                                                   e.g. --test-name-pattern='heartbeat')
 # Env: SIDECAR_BIN (default target/release/pg-realtime-sidecar), IT_TIMEOUT (whole run, s,
-# default 900), IT_RUST_LOG (sidecar RUST_LOG, default info), IT_KEEP=1 (keep cluster dirs).
+# default 1800), IT_RUST_LOG (sidecar RUST_LOG, default info), IT_KEEP=1 (keep cluster dirs).
 # Sidecar and Postgres logs of every stack are copied to tests/.logs/<run>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ if [ ! -x "$SIDECAR_BIN" ]; then
 fi
 if [ ! -f /usr/share/postgresql/15/extension/pg_realtime.control ]; then
   echo "test-integration: extension pg_realtime is not installed" >&2
-  echo "  install it with: (cd extension && cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config)" >&2
+  echo "  install it with: make install" >&2
   exit 1
 fi
 [ "$(id -u)" = 0 ] || { echo "test-integration: run as root (scripts/pg.sh uses runuser)" >&2; exit 1; }
@@ -62,10 +62,15 @@ flags=()
 for a in "$@"; do
   case "$a" in -*) flags+=("$a") ;; *) files+=("$a") ;; esac
 done
-[ ${#files[@]} -gt 0 ] || files=(tests/*.test.mjs)
+if [ ${#files[@]} -eq 0 ]; then
+  shopt -s nullglob
+  files=(tests/*.test.mjs tests/security/*.test.mjs)
+  shopt -u nullglob
+  [ ${#files[@]} -gt 0 ] || { echo "test-integration: no tests/*.test.mjs found" >&2; exit 1; }
+fi
 
 # `timeout` runs node in its own process group, so forward INT/TERM to it explicitly.
-timeout --kill-after=30 "${IT_TIMEOUT:-900}" "$NODE" --test --test-concurrency=1 \
+timeout --kill-after=30 "${IT_TIMEOUT:-1800}" "$NODE" --test --test-concurrency=1 \
   --test-force-exit --test-timeout=180000 --test-reporter=spec "${flags[@]}" "${files[@]}" &
 runner=$!
 trap 'kill -TERM "$runner" 2>/dev/null || true' INT TERM
@@ -73,6 +78,6 @@ set +e
 wait "$runner"; rc=$?
 while kill -0 "$runner" 2>/dev/null; do wait "$runner"; rc=$?; done
 set -e
-[ $rc -eq 124 ] && echo "test-integration: the whole run timed out after ${IT_TIMEOUT:-900}s" >&2
+[ $rc -eq 124 ] && echo "test-integration: the whole run timed out after ${IT_TIMEOUT:-1800}s" >&2
 echo "test-integration: sidecar/postgres logs in ${IT_LOG_DIR#$ROOT/}" >&2
 exit $rc
