@@ -7,7 +7,8 @@
 #   - the postmaster is the same process, still running, and logged no crashed process;
 #   - the session and its backend are still there;
 #   - no file the postmaster has mapped was rewritten in place (same inode, other size or mtime);
-#   - a new connection runs realtime.broadcast.
+#   - a new connection runs realtime.broadcast;
+# and then that the cluster, killed, comes back with `scripts/pg.sh start` as `make run` starts it.
 # Usage: scripts/test-coexist.sh [COMMAND ARGS...]
 #   default: bash scripts/test-pg.sh, then make install
 # Env: PGBIN (the installation the cluster runs from; default Debian's, as `make run`).
@@ -98,3 +99,12 @@ if [ ${#problems[@]} -gt 0 ]; then
   exit 1
 fi
 echo "test-coexist: the running cluster came through untouched" >&2
+
+# A cluster that died comes back with what `make run` runs, at once (its postmaster may not even
+# have been reaped yet).
+kill "$SESSION" 2>/dev/null || true; wait "$SESSION" 2>/dev/null || true; SESSION=
+kill -KILL "$pm"
+bash scripts/pg.sh start "$DATA" "$PORT" || fail "scripts/pg.sh start did not bring a killed cluster back"
+[ "$(head -n 1 "$DATA/db/postmaster.pid")" != "$pm" ] || fail "the killed postmaster is still recorded as running"
+sql -c "select realtime.broadcast('t', 'e', '{}')" >/dev/null || fail "the restarted cluster cannot run realtime.broadcast"
+echo "test-coexist: a killed cluster came back with scripts/pg.sh start" >&2
