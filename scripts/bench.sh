@@ -104,7 +104,7 @@ log "starting PostgreSQL on 127.0.0.1:$PG_PORT ($WORK/pg)"
 bash "$ROOT/scripts/pg.sh" start "$WORK/pg" "$PG_PORT" >&2 || die "cluster start"
 
 log "starting the sidecar on 127.0.0.1:$SIDECAR_PORT"
-DATABASE_URL="$URL_DSN" HOST=127.0.0.1 PORT="$SIDECAR_PORT" JWT_SECRET="$SECRET" RUST_LOG="${RUST_LOG:-warn}" \
+DATABASE_URL="postgres://sidecar@127.0.0.1:$PG_PORT/postgres" HOST=127.0.0.1 PORT="$SIDECAR_PORT" JWT_SECRET="$SECRET" RUST_LOG="${RUST_LOG:-warn}" \
   "$BIN/pg-realtime-sidecar" >"$WORK/sidecar.log" 2>&1 &
 SIDECAR_PID=$!
 PIDS+=("$SIDECAR_PID")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Throwaway PostgreSQL 15 cluster run as the `postgres` user (initdb refuses root).
 #   scripts/pg.sh start DATA_DIR PORT   initdb if needed, start, create Supabase roles + extension
+#                                       and the sidecar's login role `sidecar` (in role realtime_sidecar)
 #   scripts/pg.sh stop  DATA_DIR        fast shutdown (no-op when not running)
 #   scripts/pg.sh restart DATA_DIR PORT
 # The Unix socket lives in DATA_DIR/sock; TCP listens on 127.0.0.1:PORT.
@@ -36,8 +37,23 @@ do $$ begin
   if not exists (select from pg_roles where rolname = 'service_role') then create role service_role nologin noinherit bypassrls; end if;
 end $$;
 grant usage on schema public to anon, authenticated, service_role;
+-- A cluster made before the extension had its sidecar role (unreleased versions) gets it anew.
+do $$ begin
+  if exists (select from pg_extension where extname = 'pg_realtime')
+     and not exists (select from pg_roles where rolname = 'realtime_sidecar') then
+    raise notice 'pg.sh: re-creating pg_realtime (this cluster predates its realtime_sidecar role)';
+    drop extension pg_realtime cascade;
+  end if;
+end $$;
 create extension if not exists pg_realtime;
 alter extension pg_realtime update;
+-- The sidecar logs in as `sidecar`, a member of the extension's least-privileged role.
+grant anon, authenticated, service_role to realtime_sidecar;
+do $$ begin
+  if not exists (select from pg_roles where rolname = 'sidecar') then
+    create role sidecar login in role realtime_sidecar;
+  end if;
+end $$;
 SQL
 }
 

@@ -20,6 +20,7 @@ pg_realtime is up (development keys: do not use this secret in production)
 
   Realtime URL   ws://$HOST:$PORT/realtime/v1      (realtime-js: new RealtimeClient(url, { params: { apikey } }))
   Database       postgres://postgres@127.0.0.1:$PG_PORT/postgres
+  Sidecar role   sidecar (member of realtime_sidecar: no superuser rights)
   JWT secret     $JWT_SECRET
   anon key       $anon
   service_role   $service
@@ -27,5 +28,5 @@ pg_realtime is up (development keys: do not use this secret in production)
   Try it:  psql postgres://postgres@127.0.0.1:$PG_PORT/postgres -c "select realtime.broadcast('room1', 'hello', '{\"text\": \"hi\"}')"
 
 MSG
-DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres" HOST=$HOST PORT=$PORT JWT_SECRET=$JWT_SECRET \
+DATABASE_URL="postgres://sidecar@127.0.0.1:$PG_PORT/postgres" HOST=$HOST PORT=$PORT JWT_SECRET=$JWT_SECRET \
   RUST_LOG=${RUST_LOG:-info} target/release/pg-realtime-sidecar

@@ -11,33 +11,21 @@ as 'MODULE_PATHNAME', 'broadcast_wrapper';
 -- send: Supabase-compatible. Adds a generated uuid to the payload as `id` (unless it has one),
 -- delivers it as meta.id, and is private by default. Errors become a WARNING, as in Supabase,
 -- so a trigger that calls it never aborts the user's write.
+--
+-- broadcast, send and send_binary to a PRIVATE channel obey the caller's INSERT policies on
+-- realtime.messages (extension 'broadcast', the topic in realtime.topic()), exactly as a socket
+-- send does; roles that bypass row-level security there (superusers, BYPASSRLS roles, the table's
+-- owner) are not checked, as PostgreSQL would not check them. Public messages need no policy.
 create function realtime.send(payload jsonb, event text, topic text, private boolean default true)
 returns void
-language plpgsql volatile
-as $$
-declare
-    generated_id uuid := gen_random_uuid();
-begin
-    if jsonb_typeof(payload) = 'object' and not payload ? 'id' then
-        payload := payload || jsonb_build_object('id', generated_id);
-    end if;
-    perform realtime._enqueue(topic, event, payload, private, generated_id);
-exception when others then
-    raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
-end
-$$;
+language c volatile parallel unsafe
+as 'MODULE_PATHNAME', 'send_wrapper';
 
 -- send_binary: like send, with raw bytes (delivered as a binary frame; v1 clients skip it).
 create function realtime.send_binary(payload bytea, event text, topic text, private boolean default true)
 returns void
-language plpgsql volatile
-as $$
-begin
-    perform realtime._enqueue(topic, event, payload, private, gen_random_uuid());
-exception when others then
-    raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
-end
-$$;
+language c volatile parallel unsafe
+as 'MODULE_PATHNAME', 'send_binary_wrapper';
 
 -- broadcast_changes: Supabase-compatible helper for row-level triggers.
 create function realtime.broadcast_changes(
@@ -65,9 +53,6 @@ create function realtime.topic() returns text
 language sql stable
 as $$ select nullif(current_setting('realtime.topic', true), '')::text $$;
 
--- The reader functions are for the sidecar's role only.
-revoke execute on function realtime._poll(text, bigint, integer), realtime._position(),
-    realtime._prune() from public;
 
 -- _publish: a sidecar hands over, in order and in one statement, what its clients sent, so that
 -- every other sidecar on the database delivers it too (`origin` delivered it to its own clients
@@ -77,7 +62,8 @@ create function realtime._publish(
     origin uuid, topics text[], privates boolean[], extensions text[], events text[],
     payloads jsonb[], binary_payloads bytea[])
 returns void
-language plpgsql volatile
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
 as $$
 begin
     for i in 1 .. coalesce(array_length(topics, 1), 0) loop
@@ -94,5 +80,44 @@ begin
     end loop;
 end
 $$;
-revoke execute on function realtime._publish(uuid, text[], boolean[], text[], text[], jsonb[], bytea[])
-    from public;
+
+-- Internal functions: nobody but the extension's owner and the sidecar's role may call them.
+-- Those written in Rust get the same pinned search_path as the SQL ones.
+alter function realtime._poll(text, bigint, integer) set search_path = pg_catalog, pg_temp;
+alter function realtime._position() set search_path = pg_catalog, pg_temp;
+alter function realtime._prune() set search_path = pg_catalog, pg_temp;
+do $$
+declare
+    f regprocedure;
+begin
+    for f in
+        select p.oid::regprocedure from pg_catalog.pg_proc p
+         where p.pronamespace = 'realtime'::regnamespace and p.proname like '\_%'
+    loop
+        execute pg_catalog.format('revoke execute on function %s from public', f);
+    end loop;
+end
+$$;
+grant execute on function
+    realtime._poll(text, bigint, integer), realtime._position(),
+    realtime._publish(uuid, text[], boolean[], text[], text[], jsonb[], bytea[]),
+    realtime._enqueue(text, text, anyelement, boolean, uuid, uuid, text),
+    realtime._subscribe(uuid, jsonb, jsonb), realtime._unsubscribe(uuid, bigint[]),
+    realtime._sweep_subscriptions(uuid, bigint[], interval),
+    realtime._authorize(text, jsonb, text, jsonb), realtime._authorize_probes(text),
+    realtime._presence_heartbeat(uuid, interval), realtime._presence_remove(uuid[])
+    to realtime_sidecar;
+grant select on realtime.presence_entries to realtime_sidecar;
+-- The sidecar SETs ROLE to the roles tokens carry: those that exist now (others: grant by hand).
+do $$
+declare
+    r name;
+begin
+    for r in
+        select rolname from pg_catalog.pg_roles
+         where rolname in ('anon', 'authenticated', 'service_role') and not rolsuper
+    loop
+        execute pg_catalog.format('grant %I to realtime_sidecar', r);
+    end loop;
+end
+$$;

@@ -62,19 +62,41 @@ create trigger realtime_messages_insert after insert on realtime.messages
     when (pg_catalog.current_setting('realtime.authorizing', true) is distinct from 'on')
     execute function realtime._messages_insert();
 
+-- _authorize_probes: inserts the two probe rows of an authorization (as the extension's owner,
+-- so the sidecar needs no right on the table) and returns their ids. Only inside _authorize
+-- (realtime.authorizing set), whose enclosing block always rolls them back.
+create function realtime._authorize_probes(_topic text, out broadcast_probe uuid, out presence_probe uuid)
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if current_setting('realtime.authorizing', true) is distinct from 'on' then
+        raise exception 'realtime._authorize_probes is only for realtime._authorize'
+            using errcode = 'insufficient_privilege';
+    end if;
+    insert into realtime.messages (topic, extension) values (_topic, 'broadcast')
+        returning id into broadcast_probe;
+    insert into realtime.messages (topic, extension) values (_topic, 'presence')
+        returning id into presence_probe;
+end
+$$;
+
 -- _authorize: what `_role` with `_claims` may do on private channel `_topic`. Runs as the
--- sidecar's database user, which must be allowed to SET ROLE to `_role`.
+-- sidecar's database user (SET ROLE is not allowed in a SECURITY DEFINER function), which must
+-- be allowed to SET ROLE to `_role` (realtime_sidecar is made a member of the token roles).
 --
--- Probe rows for 'broadcast' and 'presence' are inserted as the caller, then, as `_role`, read
--- back (SELECT policies → *_read) and inserted again (INSERT policies → *_write; SQLSTATE 42501
--- means denied). Everything happens inside a block that always ends in an exception, so the
--- probes, the role and the settings are rolled back before the function returns; the verdicts
--- survive in the OUT variables. A role that does not exist raises 28000.
+-- Probe rows for 'broadcast' and 'presence' are inserted (by _authorize_probes), then, as
+-- `_role`, read back (SELECT policies → *_read) and inserted again (INSERT policies → *_write;
+-- SQLSTATE 42501 means denied). Everything happens inside a block that always ends in an
+-- exception, so the probes, the role and the settings are rolled back before the function
+-- returns; the verdicts survive in the OUT variables. A role that does not exist raises 28000;
+-- a superuser role, which would pass every policy, is refused with 42501.
 create function realtime._authorize(
     _role text, _claims jsonb, _topic text, _headers jsonb,
     out broadcast_read boolean, out broadcast_write boolean,
     out presence_read boolean, out presence_write boolean)
 language plpgsql volatile
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     broadcast_probe uuid;
@@ -83,6 +105,10 @@ begin
     if not exists (select from pg_catalog.pg_roles where rolname = _role) then
         raise exception 'role "%" does not exist', _role using errcode = 'invalid_authorization_specification';
     end if;
+    if exists (select from pg_catalog.pg_roles where rolname = _role and rolsuper) then
+        raise exception 'role "%" may not be used by a client: it is a superuser', _role
+            using errcode = 'insufficient_privilege';
+    end if;
     begin
         perform pg_catalog.set_config('realtime.authorizing', 'on', true),
                 pg_catalog.set_config('realtime.topic', _topic, true),
@@ -90,11 +116,11 @@ begin
                 pg_catalog.set_config('request.jwt.claim.sub', coalesce(_claims ->> 'sub', ''), true),
                 pg_catalog.set_config('request.jwt.claim.role', coalesce(_claims ->> 'role', ''), true),
                 pg_catalog.set_config('request.headers', _headers::text, true);
-        insert into realtime.messages (topic, extension) values (_topic, 'broadcast')
-            returning id into broadcast_probe;
-        insert into realtime.messages (topic, extension) values (_topic, 'presence')
-            returning id into presence_probe;
+        select p.broadcast_probe, p.presence_probe into broadcast_probe, presence_probe
+          from realtime._authorize_probes(_topic) p;
 
+        -- Policies resolve names with the default search path, as they would for the user.
+        perform pg_catalog.set_config('search_path', '"$user", public, pg_temp', true);
         perform pg_catalog.set_config('role', _role, true);
         select coalesce(bool_or(m.id = broadcast_probe), false),
                coalesce(bool_or(m.id = presence_probe), false)
@@ -119,4 +145,3 @@ begin
     end;
 end
 $$;
-revoke execute on function realtime._authorize(text, jsonb, text, jsonb) from public;

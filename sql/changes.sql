@@ -31,82 +31,6 @@ create index on realtime.subscription (sidecar);
 
 revoke all on realtime.subscription from public;
 
--- The SQL of one filter operator (a fixed list: never client text).
-create function realtime._filter_sql(op text, negate boolean)
-returns text
-language sql immutable
-as $$
-    select case when negate then 'not ' else '' end || case op
-        when 'eq' then '%1$s = %2$s'
-        when 'neq' then '%1$s <> %2$s'
-        when 'lt' then '%1$s < %2$s'
-        when 'lte' then '%1$s <= %2$s'
-        when 'gt' then '%1$s > %2$s'
-        when 'gte' then '%1$s >= %2$s'
-        when 'like' then '%1$s ~~ %2$s'
-        when 'ilike' then '%1$s ~~* %2$s'
-        when 'match' then '%1$s::text ~ %2$s::text'
-        when 'imatch' then '%1$s::text ~* %2$s::text'
-        when 'in' then '%1$s = any(%3$s)'
-        when 'isdistinct' then '%1$s is distinct from %2$s'
-        when 'is' then '%1$s is %4$s'
-    end
-$$;
-
--- _filter_passes: does row image `rec` (to_jsonb of a row of `entity`) pass condition `cond`?
--- Both sides are values of the column's type: the row's from the image, the filter's through the
--- type's input function. Errors (a bad cast) propagate: _subscribe runs this once to validate.
-create function realtime._filter_passes(entity regclass, rec jsonb, cond jsonb)
-returns boolean
-language plpgsql stable
-as $$
-declare
-    col text := cond ->> 'column';
-    op text := cond ->> 'op';
-    is_value text := upper(cond ->> 'value');
-    passes boolean;
-begin
-    if op = 'is' and is_value not in ('NULL', 'TRUE', 'FALSE', 'UNKNOWN') then
-        raise exception 'invalid value for is: %', cond ->> 'value'
-            using errcode = 'invalid_parameter_value';
-    end if;
-    execute format(
-        'select ' || realtime._filter_sql(op, coalesce((cond ->> 'negate')::boolean, false)),
-        format('(jsonb_populate_record(null::%s, $1)).%I', entity, col),
-        format('(jsonb_populate_record(null::%s, jsonb_build_object($4, $2))).%I', entity, col),
-        format('array(select (jsonb_populate_record(null::%s, jsonb_build_object($4, v))).%I '
-               'from jsonb_array_elements_text($3) v)', entity, col),
-        is_value)
-    into passes
-    using rec, cond ->> 'value', coalesce(cond -> 'values', '[]'), col;
-    return coalesce(passes, false);
-end
-$$;
-
--- _filters_pass: does `rec` pass every condition of `filters`? A condition that cannot be
--- evaluated any more (a column dropped since subscribing) fails, with a WARNING, and never
--- aborts the writer's transaction.
-create function realtime._filters_pass(entity regclass, rec jsonb, filters jsonb)
-returns boolean
-language plpgsql stable
-as $$
-declare
-    cond jsonb;
-begin
-    for cond in select * from jsonb_array_elements(filters) loop
-        begin
-            if not realtime._filter_passes(entity, rec, cond) then
-                return false;
-            end if;
-        exception when others then
-            raise warning 'pg_realtime: filter % on % failed: %', cond, entity, sqlerrm;
-            return false;
-        end;
-    end loop;
-    return true;
-end
-$$;
-
 -- Capture is three statement-level triggers with transition tables: one call per statement,
 -- however many rows it touches. The trigger argument records why the table is captured
 -- ('enable' or 'publication'), so leaving the publication does not undo an explicit enable().
@@ -169,28 +93,32 @@ begin
 end
 $$;
 
--- enable / disable: capture a table's changes for Postgres Changes subscribers (as its owner).
+-- enable / disable: capture a table's changes for Postgres Changes subscribers. Only the table's
+-- owner (or a member of its owning role) may, as for ALTER TABLE; the triggers are then created
+-- by the extension (extension/src/changes.rs).
 create function realtime.enable(entity regclass)
 returns void
-language sql volatile
-as $$ select realtime._capture_on(entity, 'enable') $$;
+language c volatile strict
+as 'MODULE_PATHNAME', 'enable_wrapper';
 
 create function realtime.disable(entity regclass)
 returns void
-language sql volatile
-as $$ select realtime._capture_off(entity) $$;
+language c volatile strict
+as 'MODULE_PATHNAME', 'disable_wrapper';
 
 -- Tables in the supabase_realtime publication are captured too (the Supabase habit:
 -- `alter publication supabase_realtime add table ...`); run after every publication DDL.
+-- Runs as the extension's owner: ALTER PUBLICATION itself required ownership of the tables.
 create function realtime._sync_publication()
 returns event_trigger
-language plpgsql volatile
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     entity regclass;
 begin
     for entity in
-        select distinct pg_catalog.pg_partition_root(format('%I.%I', schemaname, tablename)::regclass)
+        select distinct pg_catalog.pg_partition_root(pg_catalog.format('%I.%I', schemaname, tablename)::regclass)
           from pg_catalog.pg_publication_tables where pubname = 'supabase_realtime'
     loop
         perform realtime._capture_on(entity, 'publication');
@@ -200,7 +128,7 @@ begin
          where t.tgname = 'realtime_capture_insert'
            and realtime._capture_source(t.tgrelid) = 'publication'
            and t.tgrelid not in (
-               select pg_catalog.pg_partition_root(format('%I.%I', schemaname, tablename)::regclass)
+               select pg_catalog.pg_partition_root(pg_catalog.format('%I.%I', schemaname, tablename)::regclass)
                  from pg_catalog.pg_publication_tables where pubname = 'supabase_realtime')
     loop
         perform realtime._capture_off(entity);
@@ -215,27 +143,52 @@ create event trigger realtime_sync_publication on ddl_command_end
 -- with `_claims`. `_bindings`: [{"binding", "event", "schema", "table", "filters", "select"}]
 -- as parsed by the sidecar. Returns (binding, subscription id) pairs (a wildcard binding covers
 -- several tables); any problem raises with a message meant for the client.
+--
+-- Runs as the extension's owner, for the sidecar's role only. What it refuses:
+-- * a role that does not exist or is a superuser (its checks would bypass every policy);
+-- * a table the role may not select from at all, a filter on a column it may not select (the
+--   rows that arrive would reveal the column's values), and, on a table with row-level
+--   security, a table without a primary key or with one the role may not select (its changes
+--   could not be checked against the policies);
+-- * more than pg_realtime.max_filter_conditions conditions in one binding, more than
+--   pg_realtime.max_subscriptions_per_table subscriptions on one table and more than
+--   pg_realtime.max_subscriptions in the database.
+-- Filter values are cast to the column's type, and operators resolved, by _filter_check as the
+-- table's owner, security-restricted (extension/src/filter.rs).
 create function realtime._subscribe(_sidecar uuid, _claims jsonb, _bindings jsonb)
 returns table (out_binding bigint, out_subscription bigint)
-language plpgsql volatile
-set timezone = 'UTC'
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     b jsonb;
     cond jsonb;
-    entity regclass;
+    _entity regclass;
     entities regclass[];
     col text;
     eq_col text;
     eq_val jsonb;
+    checked jsonb;
     rest jsonb;
     _role text := _claims ->> 'role';
     sub_id bigint;
+    max_conditions int := coalesce(nullif(current_setting('pg_realtime.max_filter_conditions', true), '')::int, 10);
+    max_per_table int := coalesce(nullif(current_setting('pg_realtime.max_subscriptions_per_table', true), '')::int, 10000);
+    max_total int := coalesce(nullif(current_setting('pg_realtime.max_subscriptions', true), '')::int, 100000);
+    pk_selectable boolean;
 begin
     if not exists (select from pg_catalog.pg_roles where rolname = _role) then
         raise exception 'role "%" does not exist', _role using errcode = 'invalid_authorization_specification';
     end if;
+    if exists (select from pg_catalog.pg_roles where rolname = _role and rolsuper) then
+        raise exception 'role "%" may not subscribe: it is a superuser', _role
+            using errcode = 'insufficient_privilege';
+    end if;
     for b in select * from jsonb_array_elements(_bindings) loop
+        if jsonb_array_length(coalesce(b -> 'filters', '[]')) > max_conditions then
+            raise exception 'Unable to subscribe to changes with given parameters: at most % filter conditions per subscription', max_conditions
+                using errcode = 'program_limit_exceeded';
+        end if;
         entities := array(
             select t.tgrelid::regclass
               from pg_catalog.pg_trigger t
@@ -250,42 +203,69 @@ begin
                 b ->> 'schema', b ->> 'table', b -> 'filters'
                 using errcode = 'undefined_table';
         end if;
-        foreach entity in array entities loop
+        foreach _entity in array entities loop
+            if not has_any_column_privilege(_role, _entity, 'SELECT') then
+                raise exception 'Unable to subscribe to changes with given parameters: permission denied for table %', _entity
+                    using errcode = 'insufficient_privilege';
+            end if;
+            if (select relrowsecurity from pg_catalog.pg_class where oid = _entity) then
+                select bool_and(has_column_privilege(_role, _entity, a.attnum, 'SELECT'))
+                  into pk_selectable
+                  from pg_catalog.pg_index i
+                  join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey::int2[])
+                 where i.indrelid = _entity and i.indisprimary;
+                if pk_selectable is null then
+                    raise exception 'Unable to subscribe to changes with given parameters: % has row level security and no primary key, so its changes cannot be checked against its policies', _entity
+                        using errcode = 'feature_not_supported';
+                elsif not pk_selectable then
+                    raise exception 'Unable to subscribe to changes with given parameters: % has row level security and role "%" may not select its primary key', _entity, _role
+                        using errcode = 'insufficient_privilege';
+                end if;
+            end if;
+            if (select count(*) from (select from realtime.subscription s where s.entity = _entity
+                                       limit max_per_table) x) >= max_per_table then
+                raise exception 'Unable to subscribe to changes with given parameters: too many subscriptions on % (at most %)', _entity, max_per_table
+                    using errcode = 'program_limit_exceeded';
+            end if;
+            if (select count(*) from (select from realtime.subscription limit max_total) x) >= max_total then
+                raise exception 'Unable to subscribe to changes with given parameters: too many subscriptions in the database (at most %)', max_total
+                    using errcode = 'program_limit_exceeded';
+            end if;
             eq_col := null;
             eq_val := null;
             rest := '[]';
             for cond in select * from jsonb_array_elements(b -> 'filters') loop
                 col := cond ->> 'column';
                 if not exists (select from pg_catalog.pg_attribute
-                                where attrelid = entity and attname = col and attnum > 0 and not attisdropped) then
-                    raise exception 'Error parsing `filter` params: column "%" does not exist in %', col, entity
+                                where attrelid = _entity and attname = col and attnum > 0 and not attisdropped) then
+                    raise exception 'Error parsing `filter` params: column "%" does not exist in %', col, _entity
                         using errcode = 'undefined_column';
                 end if;
-                if cond ->> 'op' in ('match', 'imatch') then
-                    perform '' ~ (cond ->> 'value');
+                if not has_column_privilege(_role, _entity, col, 'SELECT') then
+                    raise exception 'Unable to subscribe to changes with given parameters: permission denied for column "%" of %', col, _entity
+                        using errcode = 'insufficient_privilege';
                 end if;
-                -- Casts the value(s) to the column type and resolves the operator, or raises.
-                perform realtime._filter_passes(entity, '{}', cond);
-                if eq_col is null and cond ->> 'op' = 'eq' and not coalesce((cond ->> 'negate')::boolean, false) then
+                -- Casts the value(s) to the column type and resolves the operator, as the
+                -- table's owner, or raises; the value as rendered for an indexed eq.
+                checked := realtime._filter_check(_entity, cond);
+                if eq_col is null and checked is not null then
                     eq_col := col;
-                    execute format('select to_jsonb((jsonb_populate_record(null::%s, jsonb_build_object($2, $1))).%I)',
-                                   entity, col)
-                       into eq_val using cond ->> 'value', col;
+                    eq_val := checked;
                 else
                     rest := rest || jsonb_build_array(cond);
                 end if;
             end loop;
             for col in select jsonb_array_elements_text(coalesce(b -> 'select', '[]')) loop
                 if not exists (select from pg_catalog.pg_attribute
-                                where attrelid = entity and attname = col and attnum > 0 and not attisdropped) then
-                    raise exception 'column "%" of select does not exist in %', col, entity
+                                where attrelid = _entity and attname = col and attnum > 0 and not attisdropped) then
+                    raise exception 'column "%" of select does not exist in %', col, _entity
                         using errcode = 'undefined_column';
                 end if;
             end loop;
             insert into realtime.subscription
                 (sidecar, binding, entity, action_filter, filters, claims, claims_role,
                  selected_columns, eq_column, eq_value)
-            values (_sidecar, (b ->> 'binding')::bigint, entity, b ->> 'event', rest,
+            values (_sidecar, (b ->> 'binding')::bigint, _entity, b ->> 'event', rest,
                     _claims, _role,
                     case when b ? 'select' and jsonb_typeof(b -> 'select') = 'array'
                          then array(select jsonb_array_elements_text(b -> 'select')) end,
@@ -303,7 +283,8 @@ $$;
 -- _unsubscribe: forget subscriptions of `_sidecar` (leave, token refresh, channel closed).
 create function realtime._unsubscribe(_sidecar uuid, ids bigint[])
 returns void
-language sql volatile
+language sql volatile security definer
+set search_path = pg_catalog, pg_temp
 as $$
     delete from realtime.subscription where sidecar = _sidecar and id = any(ids);
     select realtime._subscriptions_changed();
@@ -313,7 +294,8 @@ $$;
 -- younger than `grace` are kept, as their channel may not have registered them yet.
 create function realtime._sweep_subscriptions(_sidecar uuid, live bigint[], grace interval)
 returns void
-language plpgsql volatile
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
 as $$
 begin
     delete from realtime.subscription

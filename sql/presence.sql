@@ -38,7 +38,8 @@ revoke all on realtime.presence from public;
 -- joins: an update leaves the old meta and joins the new one under the same key).
 create function realtime._presence_record(origin uuid, _topic text, _private boolean, diff jsonb)
 returns void
-language sql volatile
+language sql volatile security definer
+set search_path = pg_catalog, pg_temp
 as $$
     delete from realtime.presence_entries e
      using jsonb_each(coalesce(diff -> 'leaves', '{}')) l(key, value),
@@ -56,7 +57,8 @@ $$;
 -- safe: only the transaction that deletes a sidecar's row removes its presences.
 create function realtime._presence_remove(gone uuid[])
 returns void
-language plpgsql volatile
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     left_topic record;
@@ -94,7 +96,8 @@ $$;
 -- tables): the caller then announces its presences again.
 create function realtime._presence_heartbeat(me uuid, ttl interval)
 returns boolean
-language plpgsql volatile
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     fresh boolean;

@@ -45,3 +45,16 @@ create unlogged table realtime.queue_epoch (
 -- Callers use the API functions; the tables stay internal.
 grant usage on schema realtime to public;
 revoke all on realtime.queue, realtime.queue_epoch from public;
+
+-- The sidecar's role: exactly the rights the sidecar needs (granted in sql/api.sql), nothing
+-- else. The sidecar logs in as a member of it (`create role sidecar login password '…' in role
+-- realtime_sidecar`), never as a superuser. It may SET ROLE to the roles tokens carry, so it is
+-- made a member of those that exist now; for roles created later: `grant <role> to
+-- realtime_sidecar`. Roles are cluster-wide: it outlives the extension.
+do $$
+begin
+    if not exists (select from pg_catalog.pg_roles where rolname = 'realtime_sidecar') then
+        create role realtime_sidecar nologin;
+    end if;
+end
+$$;

@@ -12,11 +12,17 @@ pub enum RealtimeError {
     TooManyBackends(i32),
     SnapshotIsolation,
     UnknownExtension(String),
+    /// A private send whose INSERT policies on realtime.messages refused the caller (topic).
+    PrivateSendDenied(String),
+    /// Checking a private send's policies failed (the error's message).
+    SendFailed(String),
+    /// enable()/disable() by someone who does not own the table (its name).
+    NotOwner(String),
 }
 
 impl RealtimeError {
-    pub fn report(self) -> ! {
-        let (code, msg, hint) = match self {
+    fn parts(&self) -> (PgSqlErrorCode, String, Option<&'static str>) {
+        match self {
             Self::NotPreloaded => (
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 "pg_realtime must be loaded via shared_preload_libraries".to_string(),
@@ -53,7 +59,27 @@ impl RealtimeError {
                 format!("extension must be 'broadcast', 'presence' or 'postgres_changes', not '{e}'"),
                 None,
             ),
-        };
+            Self::PrivateSendDenied(topic) => (
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("You do not have permissions to write to this Channel topic: {topic}"),
+                Some("Private channels obey the INSERT policies on realtime.messages (extension 'broadcast')."),
+            ),
+            Self::SendFailed(message) => {
+                (PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("checking the send's policies failed: {message}"), None)
+            }
+            Self::NotOwner(table) => {
+                (PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of table {table}"), None)
+            }
+        }
+    }
+
+    /// The error's message, for callers that report it as a WARNING instead.
+    pub fn message(&self) -> String {
+        self.parts().1
+    }
+
+    pub fn report(self) -> ! {
+        let (code, msg, hint) = self.parts();
         match hint {
             Some(h) => ErrorReport::new(code, msg, "pg_realtime").set_hint(h).report(PgLogLevel::ERROR),
             None => ErrorReport::new(code, msg, "pg_realtime").report(PgLogLevel::ERROR),

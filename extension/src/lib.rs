@@ -12,8 +12,10 @@ use pgrx::prelude::*;
 
 mod changes;
 mod error;
+mod filter;
 mod guc;
 mod horizon;
+mod identity;
 mod notifier;
 mod pending;
 mod queue;

@@ -9,16 +9,18 @@
 //! the horizon is either visible in that snapshot or belonged to an aborted transaction.
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
-use pgrx::{AnyElement, IntoDatum, Uuid};
+use pgrx::pg_sys::errcodes::PgSqlErrorCode;
+use pgrx::{AnyElement, IntoDatum, JsonB, Uuid};
 use std::cell::Cell;
 use std::ffi::c_void;
 
 use crate::error::RealtimeError;
-use crate::{guc, horizon, pending};
+use crate::{guc, horizon, identity, pending};
 
 thread_local! {
     static HOLDS_SLOT: Cell<bool> = const { Cell::new(false) };
     static EPOCH: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    static MESSAGES: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
 }
 
 pub fn register_callbacks() {
@@ -65,25 +67,11 @@ fn finish(committed: bool) {
     }
 }
 
-/// Runs `f` inside SPI as the bootstrap superuser, restoring the caller's identity afterwards.
-/// Pre-commit has no active snapshot any more, so one is pushed for the duration.
-/// On ERROR, transaction abort restores the user id, the snapshot stack and SPI.
+/// Runs `f` inside SPI as the bootstrap superuser (internal tables only), restoring the caller's
+/// identity afterwards. Pre-commit has no active snapshot any more, so one is pushed for the
+/// duration. On ERROR, transaction abort restores the user id, the snapshot stack and SPI.
 fn as_owner<R>(f: impl FnOnce() -> R) -> R {
-    unsafe {
-        let (mut uid, mut ctx) = (pg_sys::Oid::INVALID, 0);
-        pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
-        pg_sys::SetUserIdAndSecContext(
-            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
-            ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        pg_sys::SPI_connect();
-        let r = f();
-        pg_sys::SPI_finish();
-        pg_sys::PopActiveSnapshot();
-        pg_sys::SetUserIdAndSecContext(uid, ctx);
-        r
-    }
+    identity::as_internal(|| identity::with_transaction_snapshot(|| Spi::connect(|_| f())))
 }
 
 /// Seeds the shared seq counter once per server lifetime (inside an SPI connection).
@@ -203,33 +191,146 @@ fn enqueue(
     let Some(extension) = pending::Extension::parse(extension) else {
         RealtimeError::UnknownExtension(extension.into()).report()
     };
-    queue_message(topic, event, payload, pending::Envelope { private, msg_id, origin, extension });
+    let message = validate(topic, payload).unwrap_or_else(|err| err.report());
+    queue(topic, event, message, pending::Envelope { private, msg_id, origin, extension });
 }
 
-fn queue_message(topic: &str, event: &str, payload: Option<AnyElement>, envelope: pending::Envelope) {
+/// A payload ready to queue: the datum and whether it is binary.
+type Message = (pg_sys::Datum, bool);
+
+fn validate(topic: &str, payload: Option<AnyElement>) -> Result<Message, RealtimeError> {
     if topic.is_empty() {
-        RealtimeError::EmptyTopic.report();
+        return Err(RealtimeError::EmptyTopic);
     }
-    let Some(payload) = payload else { RealtimeError::NullPayload.report() };
-    let binary = match payload.oid() {
-        pg_sys::JSONBOID => false,
-        pg_sys::BYTEAOID => true,
-        other => RealtimeError::PayloadType(type_name(other)).report(),
-    };
-    pending::push(topic, event, payload.datum(), binary, envelope);
+    let payload = payload.ok_or(RealtimeError::NullPayload)?;
+    match payload.oid() {
+        pg_sys::JSONBOID => Ok((payload.datum(), false)),
+        pg_sys::BYTEAOID => Ok((payload.datum(), true)),
+        other => Err(RealtimeError::PayloadType(type_name(other))),
+    }
+}
+
+fn queue(topic: &str, event: &str, (payload, binary): Message, envelope: pending::Envelope) {
+    pending::push(topic, event, payload, binary, envelope);
 }
 
 fn type_name(oid: pg_sys::Oid) -> String {
+    // SAFETY: format_type_be returns a palloc'd NUL-terminated string for any type oid.
     unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(oid)).to_string_lossy().into_owned() }
 }
 
+/// A send from SQL to a PRIVATE channel must pass the caller's INSERT policies on
+/// realtime.messages, as a socket send does: a probe row (extension 'broadcast', the topic in
+/// `realtime.topic`) is inserted as the caller in a subtransaction that is always rolled back.
+/// Roles that bypass row-level security there are not checked, as PostgreSQL would not check
+/// them; the probe is skipped for them, so their sends cost nothing more.
+fn authorize_private_send(topic: &str, event: &str, (payload, binary): Message) -> Result<(), RealtimeError> {
+    if !identity::rls_applies(messages_oid()) {
+        return Ok(());
+    }
+    let probe = identity::trial(|| {
+        identity::with_settings(&[("realtime.authorizing", "on"), ("realtime.topic", topic)], || {
+            let sql = if binary {
+                "insert into realtime.messages (topic, extension, event, binary_payload, private)
+                 values ($1, 'broadcast', $2, $3::bytea, true)"
+            } else {
+                "insert into realtime.messages (topic, extension, event, payload, private)
+                 values ($1, 'broadcast', $2, $3::jsonb, true)"
+            };
+            let ty = if binary { pg_sys::BYTEAOID } else { pg_sys::JSONBOID };
+            // SAFETY: `payload` is a valid datum of type `ty` for the whole call.
+            let value = unsafe { pgrx::datum::DatumWithOid::new(payload, ty) };
+            Spi::run_with_args(sql, &[topic.into(), event.into(), value])
+        })
+    });
+    match probe {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(RealtimeError::SendFailed(err.to_string())),
+        Err((PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, _)) => Err(RealtimeError::PrivateSendDenied(topic.into())),
+        Err((_, message)) => Err(RealtimeError::SendFailed(message)),
+    }
+}
+
+fn messages_oid() -> pg_sys::Oid {
+    MESSAGES.with(|cached| {
+        if let Some(oid) = cached.get() {
+            return oid;
+        }
+        // SAFETY: catalog lookups by NUL-terminated names; missing_ok=false raises if the
+        // extension's schema is gone.
+        let oid = unsafe {
+            let ns = pg_sys::get_namespace_oid(c"realtime".as_ptr(), false);
+            pg_sys::get_relname_relid(c"messages".as_ptr(), ns)
+        };
+        cached.set(Some(oid));
+        oid
+    })
+}
+
 /// `realtime.broadcast` itself (declared in sql/api.sql): the writer's hot path, without the cost
-/// of a SQL-language wrapper.
+/// of a SQL-language wrapper. Private messages obey the caller's INSERT policies.
 #[pg_extern(sql = false)]
 fn broadcast(topic: &str, event: &str, payload: Option<AnyElement>, private: bool) {
+    let message = validate(topic, payload).unwrap_or_else(|err| err.report());
+    if private {
+        authorize_private_send(topic, event, message).unwrap_or_else(|err| err.report());
+    }
     let envelope =
         pending::Envelope { private, msg_id: None, origin: None, extension: pending::Extension::Broadcast };
-    queue_message(topic, event, payload, envelope);
+    queue(topic, event, message, envelope);
+}
+
+/// `realtime.send` (sql/api.sql): Supabase's, adding a generated `id` to an object payload that
+/// has none; errors become `WARNING WarnSendingBroadcastMessage`, so a trigger never aborts the
+/// user's write because of it.
+#[pg_extern(sql = false)]
+fn send(payload: Option<AnyElement>, event: &str, topic: &str, private: bool) {
+    send_message(payload, event, topic, private);
+}
+
+/// `realtime.send_binary` (sql/api.sql): `send` with raw bytes.
+#[pg_extern(sql = false)]
+fn send_binary(payload: Option<AnyElement>, event: &str, topic: &str, private: bool) {
+    send_message(payload, event, topic, private);
+}
+
+fn send_message(payload: Option<AnyElement>, event: &str, topic: &str, private: bool) {
+    // SAFETY: gen_random_uuid takes no arguments and returns a uuid datum.
+    let id: Option<Uuid> = unsafe { pgrx::direct_function_call(pg_sys::gen_random_uuid, &[]) };
+    let sent = validate(topic, payload).and_then(|(datum, binary)| {
+        let message = if binary { (datum, true) } else { (with_id(datum, id), false) };
+        if private {
+            authorize_private_send(topic, event, message)?;
+        }
+        Ok(message)
+    });
+    match sent {
+        Ok(message) => {
+            let envelope =
+                pending::Envelope { private, msg_id: id, origin: None, extension: pending::Extension::Broadcast };
+            queue(topic, event, message, envelope);
+        }
+        Err(err) => pgrx::warning!("WarnSendingBroadcastMessage: {}", err.message()),
+    }
+}
+
+/// `payload || {"id": id}` for an object payload without an `id`; other payloads unchanged.
+fn with_id(payload: pg_sys::Datum, id: Option<Uuid>) -> pg_sys::Datum {
+    let Some(id) = id else { return payload };
+    // SAFETY: jsonb_typeof, jsonb_exists and jsonb_concat take jsonb (and text) datums, which
+    // `payload` and the built values are; they detoast their arguments themselves.
+    unsafe {
+        let kind: Option<String> = pgrx::direct_function_call(pg_sys::jsonb_typeof, &[Some(payload)]);
+        if kind.as_deref() != Some("object") {
+            return payload;
+        }
+        let has_id: Option<bool> = pgrx::direct_function_call(pg_sys::jsonb_exists, &[Some(payload), "id".into_datum()]);
+        if has_id == Some(true) {
+            return payload;
+        }
+        let extra = JsonB(serde_json::json!({ "id": id.to_string() })).into_datum();
+        pgrx::direct_function_call_as_datum(pg_sys::jsonb_concat, &[Some(payload), extra]).unwrap_or(payload)
+    }
 }
 
 /// Messages the current transaction will publish when it commits.

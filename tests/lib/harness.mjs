@@ -207,7 +207,9 @@ export class Stack {
   sidecarEnvironment() {
     return {
       PATH: process.env.PATH,
-      DATABASE_URL: `postgres://postgres@127.0.0.1:${this.pgPort}/postgres`,
+      // The least-privileged role scripts/pg.sh creates (member of realtime_sidecar), never the
+      // superuser: the tests prove its grants are enough.
+      DATABASE_URL: `postgres://sidecar@127.0.0.1:${this.pgPort}/postgres`,
       HOST: '127.0.0.1',
       PORT: String(this.port),
       JWT_SECRET: this.secret,

@@ -32,7 +32,8 @@ select * from realtime._authorize('anon', '{"role":"anon"}', 'lobby', '{}');
 -- Request headers reach policies.
 select * from realtime._authorize('anon', '{"role":"anon"}', 'kiosk', '{"x-kiosk":"yes"}');
 select * from realtime._authorize('anon', '{"role":"anon"}', 'kiosk', '{"x-kiosk":"no"}');
--- A role with BYPASSRLS (here the superuser) sees everything, as in PostgREST.
+-- A role with BYPASSRLS (service_role) sees everything, as in PostgREST; a superuser is refused.
+select * from realtime._authorize('service_role', '{"role":"service_role"}', 'anything', '{}');
 select * from realtime._authorize('postgres', '{"role":"postgres"}', 'anything', '{}');
 
 -- Nothing is left behind: no probe rows, no settings, same role.
