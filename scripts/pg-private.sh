@@ -12,12 +12,19 @@
 # the private directories. Headers are linked, not copied.
 #
 # Prints the private PGRX_HOME on stdout. The copy is refreshed when Debian's server changes
-# (its `postgres --version`). Env: PG_PRIVATE (default target/pg15-private).
+# (its `postgres --version`). Env: PG_PRIVATE (default target/pg15-private, or a directory under
+# /var/tmp when the postgres user, which runs the private server, cannot reach target/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 umask 022 # the postgres user runs the private binaries and reads the installed extension
 SYS=/usr/lib/postgresql/15
-PRIV=${PG_PRIVATE:-$PWD/target/pg15-private}
+PRIV=${PG_PRIVATE:-}
+if [ -z "$PRIV" ]; then
+  mkdir -p target
+  PRIV=$PWD/target/pg15-private
+  runuser -u postgres -- test -x "$PWD/target" ||
+    PRIV=/var/tmp/pg_realtime-$(printf %s "$PWD" | md5sum | cut -c1-12)/pg15-private
+fi
 PGRX_DIR=$PRIV/pgrx
 PG_CONFIG=$PRIV/usr/lib/postgresql/15/bin/pg_config
 want=$("$SYS/bin/postgres" --version)
