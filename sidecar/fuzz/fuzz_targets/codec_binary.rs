@@ -1,0 +1,3 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pg_realtime_sidecar_fuzz::codec::binary(data));
