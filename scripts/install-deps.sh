@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PGRX_VERSION=$(sed -n 's/^pgrx = "=\(.*\)"/\1/p' Cargo.toml)
 
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang pkg-config sudo openssl)
+# g++: libfuzzer-sys (the fuzz crate, linted and fuzzed by make test) builds libFuzzer.
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang g++ pkg-config sudo openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
