@@ -251,6 +251,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_kept_alive_connection_is_closed() {
+        let (_state, addr) = start(&["--header-read-timeout-ms=300"]).await;
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET /healthcheck HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(seen.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&seen));
+        assert!(ended.is_ok(), "the idle connection was closed");
+    }
+
+    #[tokio::test]
     async fn connections_over_the_caps_are_answered_429() {
         let (state, addr) = start(&["--max-connections=3", "--max-connections-per-ip=2"]).await;
         let _a = connect_from("127.0.0.1", addr).await;

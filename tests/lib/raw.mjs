@@ -42,13 +42,14 @@ export function encodeKind3({ joinRef, ref, topic, event, payload, meta = '', en
 
 export class RawSocket {
   /**
-   * Opens a socket. Resolves with a RawSocket once open; rejects with an Error carrying
-   * {status, body} when the server refuses the upgrade.
+   * Opens a socket (from `localAddress`, e.g. '127.0.0.2', when given). Resolves with a
+   * RawSocket once open; rejects with an Error carrying {status, body} when the server refuses
+   * the upgrade.
    */
-  static connect(url, { vsn = '2.0.0', timeout = 10000 } = {}) {
+  static connect(url, { vsn = '2.0.0', timeout = 10000, localAddress } = {}) {
     return withTimeout(
       new Promise((resolve, reject) => {
-        const ws = new WebSocket(url);
+        const ws = new WebSocket(url, localAddress ? { localAddress } : undefined);
         ws.once('open', () => resolve(new RawSocket(ws, vsn)));
         ws.once('unexpected-response', (req, res) => {
           let body = '';
