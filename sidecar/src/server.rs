@@ -268,7 +268,11 @@ mod tests {
             }
         })
         .await;
-        assert!(seen.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&seen));
+        assert!(
+            seen.starts_with(b"HTTP/1.1 503"),
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
         assert!(ended.is_ok(), "the idle connection was closed");
     }
 
