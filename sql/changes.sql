@@ -172,9 +172,9 @@ declare
     rest jsonb;
     _role text := _claims ->> 'role';
     sub_id bigint;
-    max_conditions int := coalesce(nullif(current_setting('pg_realtime.max_filter_conditions', true), '')::int, 10);
-    max_per_table int := coalesce(nullif(current_setting('pg_realtime.max_subscriptions_per_table', true), '')::int, 10000);
-    max_total int := coalesce(nullif(current_setting('pg_realtime.max_subscriptions', true), '')::int, 100000);
+    max_conditions int := current_setting('pg_realtime.max_filter_conditions')::int;
+    max_per_table int := current_setting('pg_realtime.max_subscriptions_per_table')::int;
+    max_total int := current_setting('pg_realtime.max_subscriptions')::int;
     pk_selectable boolean;
 begin
     if not exists (select from pg_catalog.pg_roles where rolname = _role) then

@@ -85,8 +85,9 @@ pub fn with_settings<R>(settings: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
         set_local(name, value);
     }
     let result = f();
-    // SAFETY: closes the level opened above; `true` keeps nothing set inside it.
-    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    // SAFETY: closes the level opened above. `false` restores every value set inside it: with
+    // `true`, SET LOCAL values would outlive the level until the end of the caller's transaction.
+    unsafe { pg_sys::AtEOXact_GUC(false, nest) };
     result
 }
 

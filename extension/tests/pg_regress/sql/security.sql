@@ -184,6 +184,23 @@ select payload::jsonb #>> '{data,type}' as type, payload::jsonb #> '{data,record
        payload::jsonb #> '{data,old_record}' as old_record
   from realtime._poll(:'epoch', :head, 100) where extension = 'postgres_changes' order by seq;
 
+-- The checks leave the writer's transaction as they found it: settings, role, search path.
+begin;
+set local timezone = 'Asia/Tokyo';
+insert into public.tasks values (3, 'u1', 'open', '');
+update public.tasks set status = 'x';
+select current_setting('search_path') as search_path, current_setting('TimeZone') as timezone,
+       current_user, current_setting('request.jwt.claims', true) as claims,
+       current_setting('realtime.authorizing', true) as authorizing;
+savepoint s;
+set role authenticated;
+select realtime.send('{}', 'e', 'private-room', true);
+select current_setting('realtime.topic', true) as topic, current_setting('realtime.authorizing', true) as authorizing;
+rollback to savepoint s;
+select current_setting('search_path') as search_path, current_user,
+       current_setting('realtime.topic', true) as topic;
+commit;
+
 -- clean up
 select realtime._unsubscribe('00000000-0000-0000-0000-0000000000e1', array(select id from realtime.subscription));
 drop table public.victim, public.loot, public.owned_by_postgres, public.salaries, public.hidden,
