@@ -79,11 +79,12 @@ test('NUL in payloads, events, topics and presence is refused at the socket; ano
     refusals.push(sock.reply(attack()));
   }
   assert.deepEqual(await Promise.all(sent), Array(24).fill('ok'));
+  // First what matters most: the other user lost nothing.
+  const got = await v.receiver.inbox.waitForCount(24, (m) => m.event === 'victim', 15000, 'victim broadcasts on the other sidecar');
+  assert.deepEqual(got.map((m) => m.payload.i), [...Array(24).keys()]);
   for (const reply of await Promise.all(refusals)) {
     assert.deepEqual(reply.payload, { status: 'error', response: { reason: UNSTORABLE } });
   }
-  const got = await v.receiver.inbox.waitForCount(24, (m) => m.event === 'victim', 15000, 'victim broadcasts on the other sidecar');
-  assert.deepEqual(got.map((m) => m.payload.i), [...Array(24).keys()]);
   assert.equal(v.receiver.inbox.count((m) => m.event !== 'victim'), 0, 'no attacker message was delivered');
 
   // The official client's own NUL payload is refused too (ack: error).
