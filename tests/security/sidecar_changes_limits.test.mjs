@@ -74,6 +74,7 @@ test('bindings per socket are capped across channels', async () => {
   assert.equal(await subscriptions(), 100);
   s.terminate();
   await eventually(async () => (await subscriptions()) === 0, { timeout: 10000, label: 'rows deleted after the socket closed' });
+  await stack.assertHealthy();
 });
 
 test('leaving a channel deletes its subscription rows at once (well before the 30 s sweep grace)', async () => {

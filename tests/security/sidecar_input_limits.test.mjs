@@ -52,6 +52,7 @@ test('an event over 255 bytes is refused (ack: error), one of 255 bytes is deliv
   const got = await listener.frames.waitFor((f) => f.event === 'broadcast');
   assert.equal(got.payload.event, 'f'.repeat(255));
   assert.equal(listener.frames.count((f) => f.event === 'broadcast'), 1, 'the long event reached nobody');
+  await stack.assertHealthy();
 });
 
 test("presence's 5 calls per 30 s are not reset by leaving and re-joining", async () => {
