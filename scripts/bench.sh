@@ -12,6 +12,12 @@
 #   2. writer throughput with pgbench (INSERT vs INSERT + realtime.broadcast vs INSERT + pg_notify),
 #   7. writer throughput with pgbench into a table captured for Postgres Changes (no subscribers) vs
 #      the same table without capture,
+#   9. hardening: the writer-side cost of issue 10's checks, the current extension vs the
+#      pre-hardening build BENCH_OLD_REV measured in the same run (pgbench, alternating): captured
+#      tables with 0, 1 and 1,000 subscribers, private SQL sends (superuser, and a role subject to
+#      an INSERT policy on realtime.messages) vs public ones. The old build is made once into
+#      target/bench-old/<rev> and installed into a private copy of PostgreSQL
+#      (target/bench-old/pg15, scripts/pg-private.sh); each build gets its own cluster, no sidecar;
 #   4. private-channel joins/s with an RLS membership policy evaluated on each join, vs public joins,
 #   8. Postgres Changes to 1,000 subscribers, one user each: max deliveries/s RLS-checked vs RLS
 #      disabled (no filter), and max changes/s with an owner filter (1,000 vs 100 subscribers),
@@ -22,8 +28,8 @@
 # Knobs (environment): BENCH_PG_PORT, BENCH_SIDECAR_PORT, BENCH_RELAY_PORT (first port tried),
 # BENCH_SUBSCRIBERS (1000), BENCH_QUICK=1 (a short smoke run: 200 subscribers, 2,000 idle
 # connections, short steps, Postgres Changes with 200 and 20 subscribers), BENCH_ONLY="changes
-# joins" (run and report only these stages of: memory fanout roundtrip push writers capture joins
-# changes).
+# joins" (run and report only these stages of: memory fanout roundtrip push writers capture
+# hardening joins changes), BENCH_OLD_REV (e5977aa: the commit before the hardening).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -80,10 +86,13 @@ cleanup() {
     kill -9 "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
-  bash "$ROOT/scripts/pg.sh" stop "$WORK/pg" >/dev/null 2>&1 || true
+  for p in pg pg-old pg-new; do bash "$ROOT/scripts/pg.sh" stop "$WORK/$p" >/dev/null 2>&1 || true; done
   mkdir -p "$RAW"
   for f in sidecar.log relay.log; do [ -f "$WORK/$f" ] && tail -n 200 "$WORK/$f" >"$RAW/$f" || true; done
   [ -f "$WORK/pg/postgres.log" ] && tail -n 200 "$WORK/pg/postgres.log" >"$RAW/postgres.log" || true
+  for p in old new; do
+    [ -f "$WORK/pg-$p/postgres.log" ] && tail -n 200 "$WORK/pg-$p/postgres.log" >"$RAW/postgres-$p.log" || true
+  done
   rm -rf "$WORK"
   exit "$rc"
 }
@@ -132,10 +141,41 @@ cat >"$RAW/meta.json" <<JSON
 }
 JSON
 
+# The pre-hardening extension, for the hardening stage's baseline: built once per revision (the
+# package is kept in target/bench-old/<rev>), installed into a private copy of PostgreSQL 15 by
+# rename, never over Debian's tree. Sets OLD_PGBIN and OLD_PGSH (that revision's scripts/pg.sh,
+# which sets a cluster up the way that extension expects).
+OLD_REV=${BENCH_OLD_REV:-e5977aa}
+old_extension() {
+  local rev dir pkg priv f dest
+  rev=$(git rev-parse --verify "$OLD_REV^{commit}") || return 1
+  dir=$ROOT/target/bench-old/$rev
+  pkg=$dir/cargo/release/pg_realtime-pg15
+  if [ "$(cat "$dir/built" 2>/dev/null)" != "$rev" ] || [ ! -f "$pkg/usr/lib/postgresql/15/lib/pg_realtime.so" ]; then
+    log "building pg_realtime $OLD_REV (the pre-hardening baseline) in $dir: minutes, once per revision"
+    rm -rf "$dir/src" "$dir/built"
+    mkdir -p "$dir/src"
+    git archive "$rev" | tar -x -C "$dir/src" || return 1
+    (cd "$dir/src/extension" &&
+      CARGO_TARGET_DIR="$dir/cargo" cargo pgrx package --pg-config /usr/lib/postgresql/15/bin/pg_config) >&2 || return 1
+    echo "$rev" >"$dir/built"
+  fi
+  priv=$ROOT/target/bench-old/pg15
+  PG_PRIVATE=$priv bash "$ROOT/scripts/pg-private.sh" >/dev/null || return 1
+  while read -r f; do
+    dest=$priv/${f#"$pkg"/}
+    [ -d "$(dirname "$dest")" ] || return 1
+    cp "$f" "$dest.tmp.$$" && mv -f "$dest.tmp.$$" "$dest" || return 1
+  done < <(find "$pkg" -type f)
+  OLD_PGBIN=$priv/usr/lib/postgresql/15/bin
+  OLD_PGSH=$dir/src/scripts/pg.sh
+}
+
 if [ "$QUICK" = 1 ]; then
   SUBS=${BENCH_SUBSCRIBERS:-200}
   FAN_ARGS=(--subscribers "$SUBS" --idle-count 20 --latency-secs 3 --step-secs 2 --max-steps 6 --search-budget-s 60)
   WRITER_ARGS=(--seconds 3 --rounds 1)
+  HARD_ARGS=(--seconds 3 --rounds 1 --clients 16 --threads 2)
   JOIN_ARGS=(--step-secs 2 --rounds 2)
   MEM_ARGS=(--rooms 200 --idle-secs 2 --rounds 1)
   RT_ARGS=(--clients 200 --step-secs 2 --rounds 1 --warmup-secs 1)
@@ -146,6 +186,7 @@ else
   FAN_ARGS=(--subscribers "$SUBS" --idle-count 100 --idle-interval-ms 50 --latency-rate 10 --latency-secs 10
     --step-secs 3 --start-rate 100 --p99-ms 100 --max-steps 14 --search-budget-s 200)
   WRITER_ARGS=(--seconds 6 --rounds 2 --clients 16 --threads 2)
+  HARD_ARGS=(--seconds 6 --rounds 3 --clients 16 --threads 2)
   JOIN_ARGS=(--step-secs 5 --rounds 3)
   MEM_ARGS=(--rooms 1000 --idle-secs 5 --rounds 2)
   RT_ARGS=(--clients 1000 --room-size 10 --rate 2 --step-secs 5 --rounds 2 --warmup-secs 2)
@@ -211,6 +252,26 @@ if want capture; then
   log "capture: pgbench into a table with realtime.enable (no subscribers) vs without, alternating"
   "$BIN/pg-realtime-bench" capture --host 127.0.0.1 --port "$PG_PORT" --pgbench "$PGBIN/pgbench" --sidecar-pid "$SIDECAR_PID" \
     --scripts "$ROOT/bench" --out "$RAW/capture.json" "${WRITER_ARGS[@]}" || { log "capture writer run failed"; FAILED=1; }
+  alive
+fi
+
+if want hardening; then
+  if old_extension; then
+    OLD_PG_PORT=$(free_port $((RELAY_PORT + 10)))
+    log "hardening: PostgreSQL with pg_realtime $OLD_REV on 127.0.0.1:$OLD_PG_PORT ($WORK/pg-old)"
+    PGBIN=$OLD_PGBIN bash "$OLD_PGSH" start "$WORK/pg-old" "$OLD_PG_PORT" >&2 || die "cluster start (old extension)"
+    NEW_PG_PORT=$(free_port $((OLD_PG_PORT + 1)))
+    log "hardening: PostgreSQL with the installed pg_realtime on 127.0.0.1:$NEW_PG_PORT ($WORK/pg-new)"
+    bash "$ROOT/scripts/pg.sh" start "$WORK/pg-new" "$NEW_PG_PORT" >&2 || die "cluster start (new extension)"
+    log "hardening: capture with 0/1/1,000 subscribers and private vs public SQL sends, old vs new build, alternating"
+    "$BIN/pg-realtime-bench" hardening --host 127.0.0.1 --port "$NEW_PG_PORT" --old-port "$OLD_PG_PORT" \
+      --old-rev "$OLD_REV" --pgbench "$PGBIN/pgbench" --scripts "$ROOT/bench" --sidecar-running false \
+      --out "$RAW/hardening.json" "${HARD_ARGS[@]}" || { log "hardening run failed"; FAILED=1; }
+    for p in pg-old pg-new; do bash "$ROOT/scripts/pg.sh" stop "$WORK/$p" >&2 || true; done
+  else
+    log "hardening: could not build or install pg_realtime $OLD_REV"
+    FAILED=1
+  fi
   alive
 fi
 

@@ -21,8 +21,8 @@
 use crate::frame::parse_change;
 use crate::jwt;
 use crate::loadgen::{
-    connect_db, connect_ws, postmaster_pid, run_until_stopped, Bench, ClientCounters, ClientState, Clients,
-    Producer, Receivers, Search, SearchLimits, Session, StepResult, StepSpec,
+    connect_db, connect_ws, postmaster_pid, run_until_stopped, Bench, ClientCounters, ClientState,
+    Clients, Producer, Receivers, Search, SearchLimits, Session, StepResult, StepSpec,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};

@@ -19,6 +19,11 @@
 //!   capture --host H --port P --pgbench PATH --scripts DIR --out FILE [same options as writers]
 //!           (one-row INSERTs into a table captured for Postgres Changes, no subscribers, vs the same
 //!            table shape without capture, alternating)
+//!   hardening --host H --port P --old-port P2 --pgbench PATH --scripts DIR --out FILE [--old-rev REV
+//!           --prefill 10000 and the writers options]
+//!           (the writer-side cost of the hardening checks: capture with 0, 1 and 1,000 subscribers
+//!            and private vs public SQL sends, current extension (port P) vs the pre-hardening build
+//!            REV (port P2), alternating)
 //!   changes --ws ws://127.0.0.1:P/realtime/v1/websocket --dsn DSN --jwt-secret S --out FILE
 //!           [--sidecar-pid PID --subscribers 1000 --small 100 --producers 8 --prefill 10000 --sources 4
 //!            --step-secs 3 --fixed-secs 5 --p99-ms 100 --max-steps 10 --search-budget-s 200
@@ -32,6 +37,7 @@
 mod capture;
 mod changes;
 mod frame;
+mod hardening;
 mod joins;
 mod jwt;
 mod loadgen;
@@ -112,8 +118,8 @@ fn main() {
     let argv: Vec<String> = std::env::args().collect();
     let code = match argv.get(1).map(|s| s.as_str()) {
         Some(
-            cmd @ ("relay" | "fanout" | "roundtrip" | "memory" | "writers" | "capture" | "changes"
-            | "joins" | "report"),
+            cmd @ ("relay" | "fanout" | "roundtrip" | "memory" | "writers" | "capture"
+            | "hardening" | "changes" | "joins" | "report"),
         ) => match Args::parse(&argv[2..]).and_then(|a| run(cmd, a)) {
             Ok(code) => code,
             Err(e) => {
@@ -122,7 +128,7 @@ fn main() {
             }
         },
         _ => {
-            eprintln!("usage: pg-realtime-bench relay|fanout|roundtrip|memory|writers|capture|changes|joins|report --key value ... (see src/main.rs)");
+            eprintln!("usage: pg-realtime-bench relay|fanout|roundtrip|memory|writers|capture|hardening|changes|joins|report --key value ... (see src/main.rs)");
             2
         }
     };
@@ -234,7 +240,7 @@ fn run(cmd: &str, a: Args) -> Result<i32, String> {
             write_json(&out, &r)?;
             Ok(if r.error.is_some() { 3 } else { 0 })
         }
-        "writers" | "capture" => {
+        "writers" | "capture" | "hardening" => {
             let o = writers::WritersOpts {
                 pgbench: a.str("pgbench", "/usr/lib/postgresql/15/bin/pgbench"),
                 host: a.str("host", "127.0.0.1"),
@@ -251,6 +257,17 @@ fn run(cmd: &str, a: Args) -> Result<i32, String> {
                 sidecar_pid: a.pid("sidecar-pid"),
             };
             let out = a.req("out")?;
+            if cmd == "hardening" {
+                let o = hardening::HardeningOpts {
+                    new: o,
+                    old_port: a.req("old-port")?.parse().map_err(|_| "--old-port")?,
+                    old_rev: a.str("old-rev", "?"),
+                    prefill: a.get("prefill", 10_000)?,
+                };
+                let r = runtime()?.block_on(hardening::run(&o));
+                write_json(&out, &r)?;
+                return Ok(if r.error.is_some() { 3 } else { 0 });
+            }
             let r = if cmd == "writers" {
                 runtime()?.block_on(writers::run(&o))
             } else {

@@ -1,5 +1,6 @@
 //! Assembles bench/report/report.json and report.md from the raw results of one run.
 use crate::changes::{ChangesResult, SubjectResult};
+use crate::hardening::{unchecked_before, HardeningResult, HardeningRun, VARIANTS};
 use crate::joins::{JoinTotals, JoinsResult};
 use crate::loadgen::{FanoutResult, StepResult};
 use crate::memory::MemoryResult;
@@ -128,21 +129,74 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         json!({})
     });
     // A partial run (BENCH_ONLY) reports what it measured; the other stages are not missing.
-    let only: Vec<String> = meta["only"].as_str().unwrap_or("").split_whitespace().map(str::to_owned).collect();
+    let only: Vec<String> = meta["only"]
+        .as_str()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     let skipped = |stage: &str| !only.is_empty() && !only.iter().any(|s| s == stage);
     let p = &mut problems;
-    let side: Option<FanoutResult> = load(raw, "fanout-sidecar", "fan-out run against the sidecar", skipped("fanout"), p);
-    let relay: Option<FanoutResult> = load(raw, "fanout-relay", "fan-out run against the relay", skipped("fanout"), p);
-    let push_side: Option<FanoutResult> =
-        load(raw, "fanout-push-sidecar", "client broadcast fan-out against the sidecar", skipped("push"), p);
-    let push_relay: Option<FanoutResult> =
-        load(raw, "fanout-push-relay", "client broadcast fan-out against the relay", skipped("push"), p);
-    let roundtrip: Option<RoundTripResult> =
-        load(raw, "roundtrip", "client broadcast round trip", skipped("roundtrip"), p);
-    let memory: Option<MemoryResult> = load(raw, "memory", "memory benchmark", skipped("memory"), p);
-    let writers: Option<WritersResult> = load(raw, "writers", "writer benchmark", skipped("writers"), p);
-    let capture: Option<WritersResult> = load(raw, "capture", "capture writer benchmark", skipped("capture"), p);
-    let changes: Option<ChangesResult> = load(raw, "changes", "Postgres Changes benchmark", skipped("changes"), p);
+    let side: Option<FanoutResult> = load(
+        raw,
+        "fanout-sidecar",
+        "fan-out run against the sidecar",
+        skipped("fanout"),
+        p,
+    );
+    let relay: Option<FanoutResult> = load(
+        raw,
+        "fanout-relay",
+        "fan-out run against the relay",
+        skipped("fanout"),
+        p,
+    );
+    let push_side: Option<FanoutResult> = load(
+        raw,
+        "fanout-push-sidecar",
+        "client broadcast fan-out against the sidecar",
+        skipped("push"),
+        p,
+    );
+    let push_relay: Option<FanoutResult> = load(
+        raw,
+        "fanout-push-relay",
+        "client broadcast fan-out against the relay",
+        skipped("push"),
+        p,
+    );
+    let roundtrip: Option<RoundTripResult> = load(
+        raw,
+        "roundtrip",
+        "client broadcast round trip",
+        skipped("roundtrip"),
+        p,
+    );
+    let memory: Option<MemoryResult> =
+        load(raw, "memory", "memory benchmark", skipped("memory"), p);
+    let writers: Option<WritersResult> =
+        load(raw, "writers", "writer benchmark", skipped("writers"), p);
+    let capture: Option<WritersResult> = load(
+        raw,
+        "capture",
+        "capture writer benchmark",
+        skipped("capture"),
+        p,
+    );
+    let changes: Option<ChangesResult> = load(
+        raw,
+        "changes",
+        "Postgres Changes benchmark",
+        skipped("changes"),
+        p,
+    );
+    let hardening: Option<HardeningResult> = load(
+        raw,
+        "hardening",
+        "hardening writer benchmark (old vs new build)",
+        skipped("hardening"),
+        p,
+    );
     let joins: Option<JoinsResult> = load(raw, "joins", "join benchmark", skipped("joins"), p);
     if let Some(c) = &changes {
         let k = &c.client_counters;
@@ -378,6 +432,9 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
 
     if let Some(w) = &capture {
         capture_figures(&mut figs, w, &mut problems);
+    }
+    if let Some(h) = &hardening {
+        hardening_figures(&mut figs, h, &mut problems);
     }
     if let Some(c) = &changes {
         changes_figures(&mut figs, c);
@@ -631,7 +688,7 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         "targets_missed": missed.iter().map(|f| f.id.clone()).collect::<Vec<_>>(),
         "figures": figs,
         "details": {"fanout": {"sidecar": side, "relay": relay}, "writers": writers, "capture": capture,
-                    "changes": changes, "joins": joins,
+                    "hardening": hardening, "changes": changes, "joins": joins,
                     "client_roundtrip": roundtrip, "client_fanout": {"sidecar": push_side, "relay": push_relay},
                     "memory": memory},
     });
@@ -642,6 +699,7 @@ pub fn build(raw: &Path, out: &Path) -> Result<bool, String> {
         push_relay,
         writers,
         capture,
+        hardening,
         changes,
         joins,
         roundtrip,
@@ -683,6 +741,7 @@ struct Raw {
     push_relay: Option<FanoutResult>,
     writers: Option<WritersResult>,
     capture: Option<WritersResult>,
+    hardening: Option<HardeningResult>,
     changes: Option<ChangesResult>,
     joins: Option<JoinsResult>,
     roundtrip: Option<RoundTripResult>,
@@ -711,7 +770,9 @@ fn markdown(report: &Value, figs: &[Figure], raw: &Raw) -> String {
         meta["git_rev"].as_str().unwrap_or("?"),
     ));
     if let Some(only) = meta["only"].as_str().filter(|o| !o.trim().is_empty()) {
-        m.push_str(&format!("Partial run (BENCH_ONLY): stages {only} only.\n\n"));
+        m.push_str(&format!(
+            "Partial run (BENCH_ONLY): stages {only} only.\n\n"
+        ));
     }
     if report["run_completed"] != true {
         m.push_str("**The run did not complete cleanly:**\n\n");
@@ -802,6 +863,9 @@ fn markdown(report: &Value, figs: &[Figure], raw: &Raw) -> String {
             w.params["clients"], w.params["threads"], w.params["seconds_per_run"], w.params["rounds"]
         ));
         pgbench_runs(&mut m, w);
+    }
+    if let Some(h) = &raw.hardening {
+        hardening_details(&mut m, h);
     }
     if let Some(c) = &raw.changes {
         changes_details(&mut m, c);
@@ -1278,6 +1342,195 @@ fn memory_details(m: &mut String, mem: &MemoryResult) {
         if let Some(e) = &s.error {
             m.push_str(&format!("\n**{} round {}: {e}**\n\n", s.subject, s.round));
         }
+    }
+    m.push('\n');
+}
+
+/// A variant's measurements in one build, in round order.
+struct BuildRuns<'a> {
+    runs: Vec<&'a HardeningRun>,
+}
+
+impl<'a> BuildRuns<'a> {
+    fn of(h: &'a HardeningResult, build: &str, variant: &str) -> BuildRuns<'a> {
+        let mut runs: Vec<&HardeningRun> = h
+            .runs
+            .iter()
+            .filter(|r| r.build == build && r.run.variant == variant)
+            .collect();
+        runs.sort_by_key(|r| r.run.round);
+        BuildRuns { runs }
+    }
+    fn tps(&self) -> Vec<f64> {
+        self.runs.iter().filter_map(|r| r.run.tps).collect()
+    }
+    fn best(&self) -> Option<f64> {
+        self.tps().into_iter().reduce(f64::max)
+    }
+    /// The lowest Postgres CPU per transaction of the rounds (the least disturbed one).
+    fn cpu_us(&self) -> Option<f64> {
+        self.runs
+            .iter()
+            .filter_map(|r| r.postgres_us_per_tx)
+            .reduce(f64::min)
+    }
+    /// Queue rows per transaction (of the first round).
+    fn rows_per_tx(&self) -> Option<f64> {
+        self.runs.first().and_then(|r| {
+            let tx = r.run.transactions.filter(|&n| n > 0)? as f64;
+            Some(r.queue_rows? as f64 / tx)
+        })
+    }
+}
+
+/// new/old tps of each round.
+fn round_ratios(old: &BuildRuns, new: &BuildRuns) -> Vec<f64> {
+    old.runs
+        .iter()
+        .filter_map(|o| {
+            let n = new.runs.iter().find(|n| n.run.round == o.run.round)?;
+            ratio(n.run.tps, o.run.tps)
+        })
+        .collect()
+}
+
+fn range(v: &[f64], digits: usize) -> String {
+    let lo = v.iter().copied().reduce(f64::min);
+    let hi = v.iter().copied().reduce(f64::max);
+    match (lo, hi) {
+        (Some(lo), Some(hi)) => format!("{lo:.digits$}–{hi:.digits$}"),
+        _ => "-".into(),
+    }
+}
+
+fn hardening_figures(figs: &mut Vec<Figure>, h: &HardeningResult, problems: &mut Vec<String>) {
+    let old_rev = h.params["old"]
+        .as_str()
+        .unwrap_or("the pre-hardening build");
+    for v in VARIANTS {
+        let (old, new) = (BuildRuns::of(h, "old", v.id), BuildRuns::of(h, "new", v.id));
+        let unchecked = unchecked_before(v.id);
+        let (kind, target) = if unchecked {
+            ("reference", None)
+        } else {
+            ("ratio_min", Some(0.9))
+        };
+        let mut f = fig(
+            &format!("hardening_{}", v.id),
+            &format!(
+                "Writer tps, {}: current build vs before the hardening",
+                v.title
+            ),
+            "tps",
+            new.best(),
+            old.best(),
+            "same run, pre-hardening build",
+            kind,
+            target,
+            json!({"variant": v.id, "script": v.script, "old": old_rev, "pgbench": h.params,
+                   "old_tps_rounds": old.tps(), "new_tps_rounds": new.tps(),
+                   "round_ratios": round_ratios(&old, &new),
+                   "postgres_us_per_tx": {"old": old.cpu_us(), "new": new.cpu_us()},
+                   "queue_rows_per_tx": {"old": old.rows_per_tx(), "new": new.rows_per_tx()}}),
+        );
+        let cpu = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.0}"));
+        let spread = format!(
+            "rounds: old {} tps, new {} tps, new/old per round {}; Postgres CPU per transaction old {} us, new {} us",
+            range(&old.tps(), 0),
+            range(&new.tps(), 0),
+            range(&round_ratios(&old, &new), 2),
+            cpu(old.cpu_us()),
+            cpu(new.cpu_us())
+        );
+        f.note = Some(if unchecked {
+            format!("the old build did not check this caller's INSERT policy at all (the bug the check fixed): the ratio is the check's price, not a like-for-like regression; {spread}")
+        } else {
+            spread
+        });
+        figs.push(f);
+        for (build, r) in [("old", &old), ("new", &new)] {
+            for run in &r.runs {
+                if let Some(e) = &run.run.error {
+                    problems.push(format!(
+                        "hardening {} ({build} build) round {}: {e}",
+                        v.id, run.run.round
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(n) = h
+        .builds
+        .get("new")
+        .and_then(|b| b.forbidden_private_send_queued)
+        .filter(|&n| n > 0)
+    {
+        problems.push(format!(
+            "the current build queued {n} message(s) for a private send its INSERT policy forbids: the send_private_rls figures did not measure the check"
+        ));
+    }
+}
+
+fn hardening_details(m: &mut String, h: &HardeningResult) {
+    let p = &h.params;
+    let s = |k: &str| p[k].as_str().unwrap_or("?").to_string();
+    m.push_str(&format!(
+        "## Hardening writer details (issue 10: old vs new build)\n\npgbench -c {} -j {} -T {}, {} protocol, {} rounds. Old: {}. New: {}. Clusters: {}. Order: {}. Tables: {}. Subscriptions: {}. Queue: {}. Sender: {}. Figures: {}; Postgres CPU per transaction is the whole cluster's CPU time over the run (lowest of the rounds) divided by the transactions.\n\n",
+        p["clients"], p["threads"], p["seconds_per_run"], s("protocol"), p["rounds"],
+        s("old"), s("new"), s("clusters"), s("order"), s("tables"), s("subscriptions"), s("queue"), s("sender"), s("aggregation"),
+    ));
+    m.push_str("| Build | port | extversion | realtime.send language | realtime_sidecar role | subscriptions | messages per transaction (probe) | private send to a topic the policy forbids: messages queued |\n|---|---|---|---|---|---|---|---|\n");
+    for (name, b) in &h.builds {
+        let msgs: Vec<String> = b
+            .messages_per_tx
+            .iter()
+            .map(|(k, v)| format!("{k} {}", v.map_or("-".into(), |v| v.to_string())))
+            .collect();
+        m.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |\n",
+            b.port,
+            b.extversion.as_deref().unwrap_or("-"),
+            b.send_language.as_deref().unwrap_or("-"),
+            b.has_sidecar_role.map_or("-".into(), |x| x.to_string()),
+            b.subscriptions.map_or("-".into(), |x| x.to_string()),
+            msgs.join(", "),
+            b.forbidden_private_send_queued
+                .map_or("-".into(), |x| x.to_string()),
+        ));
+    }
+    m.push_str("\n| Variant | old tps (best) | new tps (best) | new/old | old rounds tps | new rounds tps | new/old per round | Postgres CPU us/tx old | new | queue rows/tx old | new |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let f0 = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+    let f2 = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    for v in VARIANTS {
+        let (old, new) = (BuildRuns::of(h, "old", v.id), BuildRuns::of(h, "new", v.id));
+        let label = if unchecked_before(v.id) {
+            format!("`{}` (old: unchecked, the bug)", v.id)
+        } else {
+            format!("`{}`", v.id)
+        };
+        m.push_str(&format!(
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            f0(old.best()),
+            f0(new.best()),
+            ratio(new.best(), old.best()).map_or("-".into(), |r| format!("{r:.2}x")),
+            range(&old.tps(), 0),
+            range(&new.tps(), 0),
+            range(&round_ratios(&old, &new), 2),
+            f0(old.cpu_us()),
+            f0(new.cpu_us()),
+            f2(old.rows_per_tx()),
+            f2(new.rows_per_tx()),
+        ));
+    }
+    m.push('\n');
+    for v in VARIANTS {
+        m.push_str(&format!(
+            "- `{}`: {} (`bench/{}`{})\n",
+            v.id,
+            v.title,
+            v.script,
+            if v.sender { ", as the sender" } else { "" }
+        ));
     }
     m.push('\n');
 }

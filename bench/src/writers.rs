@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
+#[derive(Clone)]
 pub struct WritersOpts {
     pub pgbench: String,
     pub host: String,

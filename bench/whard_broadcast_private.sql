@@ -1,0 +1,1 @@
+SELECT realtime.broadcast('room', 'e', '{"a":1}', true);

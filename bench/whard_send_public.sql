@@ -1,0 +1,1 @@
+SELECT realtime.send('{"a":1}', 'e', 'room', false);
