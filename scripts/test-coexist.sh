@@ -30,6 +30,7 @@ PORT=$(free_port 55600)
 SESSION=
 cleanup() {
   local rc=$?
+  set +e
   if [ -n "$SESSION" ]; then kill "$SESSION" 2>/dev/null; wait "$SESSION" 2>/dev/null; fi
   bash scripts/pg.sh stop "$DATA" >/dev/null 2>&1 || true
   rm -rf "$WORK"
@@ -53,8 +54,9 @@ pm=$(head -n 1 "$DATA/db/postmaster.pid")
 before=$(mapped "$pm")
 grep -q '/pg_realtime\.so ' <<<"$before" || fail "the postmaster has not loaded pg_realtime.so"
 
-# A session that calls into the library five times a second for as long as the command runs.
-sql >"$WORK/session.out" 2>&1 <<'SQL' &
+# A session that calls into the library five times a second for as long as the command runs
+# (psql itself in the background, not a subshell, so that $! is psql's pid).
+"$PGBIN/psql" -X -qAt -h 127.0.0.1 -p "$PORT" -U postgres -d postgres >"$WORK/session.out" 2>&1 <<'SQL' &
 select pg_backend_pid();
 select realtime._pending() \watch 0.2
 SQL
