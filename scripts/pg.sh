@@ -26,6 +26,12 @@ max_connections = 200
 CONF
   fi
   as_pg mkdir -p "$data/sock"
+  # A postmaster killed a moment ago may still be a zombie that pg_ctl status takes for running.
+  local pid
+  pid=$(head -n 1 "$data/db/postmaster.pid" 2>/dev/null || true)
+  for _ in $(seq 100); do
+    case "$(ps -o stat= -p "${pid:-0}" 2>/dev/null)" in Z*) sleep 0.1 ;; *) break ;; esac
+  done
   if ! as_pg "$PGBIN/pg_ctl" -D "$data/db" status >/dev/null 2>&1; then
     as_pg "$PGBIN/pg_ctl" -D "$data/db" -w -l "$data/postgres.log" \
       -o "-p $port -k $data/sock -c listen_addresses=127.0.0.1" start >/dev/null

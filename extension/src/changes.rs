@@ -417,7 +417,7 @@ fn route(
         })
     });
     let Some(meta) = meta else { return };
-    let mut matches = passing_filters(entity, owner, &meta.entity_sql, candidates, &rows);
+    let mut matches = passing_filters(entity, &meta.entity_sql, owner, action, data, candidates);
     if matches.is_empty() {
         return;
     }
@@ -444,17 +444,19 @@ fn route(
     change.deliver(&groups, &rows);
 }
 
-/// The candidates whose other filters pass, evaluated as the table's owner: one query per filter
-/// shape (columns, operators, negations) over every (row, subscription) pair of that shape, the
-/// filter values as parameters. A shape that cannot be evaluated any more (a column dropped or
-/// retyped since subscribing, a value that no longer casts) matches nothing, with a WARNING, and
-/// never aborts the writer's statement.
+/// The candidates whose other filters pass, evaluated as the table's owner on the statement's
+/// own rows (the transition table: INSERT/UPDATE the new rows, DELETE the deleted ones): one query
+/// per filter shape (columns, operators, negations) over every (row, subscription) pair of that
+/// shape, the filter values as parameters. A shape that cannot be evaluated any more (a column
+/// dropped or retyped since subscribing, a value that no longer casts) matches nothing, with a
+/// WARNING, and never aborts the writer's statement.
 fn passing_filters(
     entity: pg_sys::Oid,
-    owner: pg_sys::Oid,
     entity_sql: &str,
+    owner: pg_sys::Oid,
+    action: Action,
+    data: *mut pg_sys::TriggerData,
     candidates: Vec<Match>,
-    rows: &BTreeMap<i64, Image>,
 ) -> Vec<Match> {
     let (mut passing, filtered): (Vec<Match>, Vec<Match>) =
         candidates.into_iter().partition(|m| m.who.filters.is_empty());
@@ -465,51 +467,41 @@ fn passing_filters(
     for m in filtered {
         shapes.entry(m.who.filters.iter().map(Condition::shape).collect()).or_default().push(m);
     }
-    let ords: Vec<i64> = rows.keys().copied().collect();
-    let texts: Vec<&str> = rows.values().map(|image| image.text.as_str()).collect();
-    let evaluate = |shape: &[Match]| -> HashSet<(i64, i64)> {
-        let conditions = &shape[0].who.filters;
-        let mut types: HashMap<String, (String, String)> = HashMap::new();
-        let mut kept = HashSet::new();
-        Spi::connect(|client| {
-            for row in client.select(filter::COLUMN_TYPES_SQL, None, &[entity.into()])? {
-                if let (Some(name), Some(quoted), Some(typed)) =
-                    (row.get::<String>(2)?, row.get::<String>(3)?, row.get::<String>(4)?)
-                {
-                    types.insert(name, (quoted, typed));
-                }
-            }
-            let columns = conditions
-                .iter()
-                .map(|c| types.get(&c.column).cloned())
-                .collect::<Option<Vec<_>>>()
-                .unwrap_or_else(|| pgrx::error!("a filtered column no longer exists"));
-            let sql = filter::shape_sql(entity_sql, conditions, &columns).unwrap_or_else(|e| pgrx::error!("{e}"));
-            let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
-                ords.clone().into(),
-                texts.clone().into(),
-                shape.iter().map(|m| m.ord).collect::<Vec<_>>().into(),
-                shape.iter().map(|m| m.subscription).collect::<Vec<_>>().into(),
-            ];
-            for i in 0..conditions.len() {
-                args.push(shape.iter().map(|m| m.who.filters[i].param()).collect::<Vec<_>>().into());
-            }
-            for row in client.select(&sql, None, &args)? {
-                kept.insert((row.get::<i64>(1)?.unwrap_or_default(), row.get::<i64>(2)?.unwrap_or_default()));
-            }
-            Ok::<_, pgrx::spi::Error>(())
-        })
-        .unwrap_or_else(|err| pgrx::error!("{err}"));
-        kept
-    };
     let shapes: Vec<Vec<Match>> = shapes.into_values().collect();
-    let all = || shapes.iter().map(|s| evaluate(s)).collect::<Vec<_>>();
+    let table = if action == Action::Delete { "realtime_old" } else { "realtime_new" };
+    let evaluate = |todo: &[Vec<Match>]| -> Vec<HashSet<(i64, i64)>> {
+        Spi::connect(|client| {
+            // SAFETY: `data` is the trigger's own TriggerData, alive for the whole call.
+            unsafe { pg_sys::SPI_register_trigger_data(data) };
+            let (_, columns) = filter::columns(&client, entity)?;
+            let rows = filter::transition_rows(table, &columns);
+            let mut verdicts = Vec::with_capacity(todo.len());
+            for shape in todo {
+                let conditions = &shape[0].who.filters;
+                let sql = filter::shape_sql(&rows, conditions, &columns).unwrap_or_else(|e| pgrx::error!("{e}"));
+                let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
+                    shape.iter().map(|m| m.ord).collect::<Vec<_>>().into(),
+                    shape.iter().map(|m| m.subscription).collect::<Vec<_>>().into(),
+                ];
+                for i in 0..conditions.len() {
+                    args.push(shape.iter().map(|m| m.who.filters[i].param()).collect::<Vec<_>>().into());
+                }
+                let mut kept = HashSet::new();
+                for row in client.select(&sql, None, &args)? {
+                    kept.insert((row.get::<i64>(1)?.unwrap_or_default(), row.get::<i64>(2)?.unwrap_or_default()));
+                }
+                verdicts.push(kept);
+            }
+            Ok::<_, pgrx::spi::Error>(verdicts)
+        })
+        .unwrap_or_else(|err| pgrx::error!("{err}"))
+    };
     let verdicts = identity::as_table_owner(owner, || {
-        identity::in_subtransaction(all).unwrap_or_else(|_| {
+        identity::in_subtransaction(|| evaluate(&shapes)).unwrap_or_else(|_| {
             shapes
                 .iter()
                 .map(|shape| {
-                    identity::in_subtransaction(|| evaluate(shape)).unwrap_or_else(|err| {
+                    identity::in_subtransaction(|| evaluate(std::slice::from_ref(shape)).remove(0)).unwrap_or_else(|err| {
                         pgrx::warning!("pg_realtime: a filter on {entity_sql} failed ({err}); change not delivered to it");
                         HashSet::new()
                     })
