@@ -1,4 +1,4 @@
--- Private-channel authorization (Supabase semantics, PROTOCOL.md §9.4).
+-- Private-channel authorization (Supabase semantics, docs/protocol.md §9.4).
 --
 -- Policies on realtime.messages decide who may use a private channel: a SELECT policy lets a
 -- user join and receive (`extension` 'broadcast' or 'presence'), an INSERT policy lets them send
