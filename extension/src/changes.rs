@@ -39,7 +39,8 @@ use crate::rls::Runs;
 use crate::spi;
 
 // SAFETY: the name is a static C string; pgrx allocates the atomic in shared memory at startup.
-static GENERATION: pgrx::PgAtomic<AtomicU64> = unsafe { pgrx::PgAtomic::new(c"pg_realtime_subs_gen") };
+static GENERATION: pgrx::PgAtomic<AtomicU64> =
+    unsafe { pgrx::PgAtomic::new(c"pg_realtime_subs_gen") };
 
 thread_local! {
     /// Per table, as of a generation: the columns of its subscriptions' `eq` filters, or None
@@ -92,7 +93,11 @@ const SUBSCRIBED_SQL: &str = "
 /// The columns of `entity`'s `eq`-filtered subscriptions; None: no subscriptions.
 fn subscribed(entity: pg_sys::Oid) -> EqColumns {
     let generation = GENERATION.get().load(Ordering::Acquire);
-    let cached = SUBSCRIBED.with_borrow(|s| s.get(&entity).filter(|(g, _)| *g == generation).map(|(_, c)| c.clone()));
+    let cached = SUBSCRIBED.with_borrow(|s| {
+        s.get(&entity)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, c)| c.clone())
+    });
     if let Some(known) = cached {
         return known;
     }
@@ -101,11 +106,17 @@ fn subscribed(entity: pg_sys::Oid) -> EqColumns {
         Spi::connect(|_| {
             // SAFETY: inside the SPI connection just opened; the argument matches its type.
             unsafe {
-                spi::run(SUBSCRIBED_SQL, &[pg_sys::OIDOID], &[entity.into_datum()], true, |row| {
-                    if row.get::<bool>(1) == Some(true) {
-                        known = Some(row.get::<Vec<String>>(2).unwrap_or_default().into());
-                    }
-                })
+                spi::run(
+                    SUBSCRIBED_SQL,
+                    &[pg_sys::OIDOID],
+                    &[entity.into_datum()],
+                    true,
+                    |row| {
+                        if row.get::<bool>(1) == Some(true) {
+                            known = Some(row.get::<Vec<String>>(2).unwrap_or_default().into());
+                        }
+                    },
+                )
             }
         })
     });
@@ -227,8 +238,13 @@ const MATCHES_SQL: &str = "
                     where s.entity = $1 and s.eq_column = c.col and s.eq_value = r.rec -> c.col
                       and s.action_filter in ('*', $2)
                    offset 0) p) s";
-const MATCHES_TYPES: [pg_sys::Oid; 5] =
-    [pg_sys::OIDOID, pg_sys::TEXTOID, pg_sys::TEXTARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID];
+const MATCHES_TYPES: [pg_sys::Oid; 5] = [
+    pg_sys::OIDOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTARRAYOID,
+    pg_sys::INT8ARRAYOID,
+    pg_sys::TEXTARRAYOID,
+];
 
 const SUBSCRIBERS_SQL: &str = "
     select id, sidecar::text, claims_role::text, claims::text, selected_columns, filters::text
@@ -281,25 +297,33 @@ unsafe fn subscribers(mut ids: Vec<i64>) -> HashMap<i64, Rc<Subscriber>> {
     let mut loaded = Vec::with_capacity(ids.len());
     // SAFETY: the caller's SPI connection; the argument matches its type.
     unsafe {
-        spi::run(SUBSCRIBERS_SQL, &[pg_sys::INT8ARRAYOID], &[ids.into_datum()], true, |row| {
-            let filters = row.get::<String>(6).unwrap_or_default();
-            let subscriber = Subscriber {
-                sidecar: row.get(2).unwrap_or_default(),
-                role: row.get(3).unwrap_or_default(),
-                claims: row.get(4).unwrap_or_default(),
-                selected: row.get(5),
-                filters: serde_json::from_str(&filters).unwrap_or_default(),
-                group: 0,
-            };
-            loaded.push((row.get::<i64>(1).unwrap_or_default(), subscriber))
-        });
+        spi::run(
+            SUBSCRIBERS_SQL,
+            &[pg_sys::INT8ARRAYOID],
+            &[ids.into_datum()],
+            true,
+            |row| {
+                let filters = row.get::<String>(6).unwrap_or_default();
+                let subscriber = Subscriber {
+                    sidecar: row.get(2).unwrap_or_default(),
+                    role: row.get(3).unwrap_or_default(),
+                    claims: row.get(4).unwrap_or_default(),
+                    selected: row.get(5),
+                    filters: serde_json::from_str(&filters).unwrap_or_default(),
+                    group: 0,
+                };
+                loaded.push((row.get::<i64>(1).unwrap_or_default(), subscriber))
+            },
+        );
     }
     loaded.sort_unstable_by(|(_, a), (_, b)| (&a.role, &a.claims).cmp(&(&b.role, &b.claims)));
     let mut by_id = HashMap::with_capacity(loaded.len());
     let mut last: Option<Rc<Subscriber>> = None;
     for (id, mut subscriber) in loaded {
         subscriber.group = match &last {
-            Some(prev) if (&prev.role, &prev.claims) == (&subscriber.role, &subscriber.claims) => prev.group,
+            Some(prev) if (&prev.role, &prev.claims) == (&subscriber.role, &subscriber.claims) => {
+                prev.group
+            }
             Some(prev) => prev.group + 1,
             None => 0,
         };
@@ -323,7 +347,11 @@ struct Meta {
 /// The statement's changed rows by ord, read as the table's owner. The transition tables are
 /// aliased with names of their own and read whole-row (`alias.*`), so no column name of the
 /// table can be taken for them.
-fn images(owner: pg_sys::Oid, action: Action, data: *mut pg_sys::TriggerData) -> BTreeMap<i64, Image> {
+fn images(
+    owner: pg_sys::Oid,
+    action: Action,
+    data: *mut pg_sys::TriggerData,
+) -> BTreeMap<i64, Image> {
     let rows_sql = match action {
         Action::Insert => {
             "select pg_catalog.row_number() over () as ord, pg_catalog.to_jsonb(realtime_row.*)::pg_catalog.text, null
@@ -350,17 +378,32 @@ fn images(owner: pg_sys::Oid, action: Action, data: *mut pg_sys::TriggerData) ->
             let mut rows = Vec::new();
             for row in client.select(rows_sql, None, &[])? {
                 let ord = row.get::<i64>(1)?.unwrap_or_default();
-                rows.push((ord, row.get::<String>(2)?.unwrap_or_default(), row.get::<String>(3)?));
+                rows.push((
+                    ord,
+                    row.get::<String>(2)?.unwrap_or_default(),
+                    row.get::<String>(3)?,
+                ));
             }
             Ok::<_, pgrx::spi::Error>(rows)
         })
     });
-    let read = read.unwrap_or_else(|err| pgrx::error!("pg_realtime: reading the changed rows failed: {err}"));
+    let read = read
+        .unwrap_or_else(|err| pgrx::error!("pg_realtime: reading the changed rows failed: {err}"));
     read.into_iter()
         .map(|(ord, text, old_text)| {
             let rec = serde_json::from_str(&text).unwrap_or(Value::Null);
-            let old = old_text.as_deref().and_then(|o| serde_json::from_str(o).ok());
-            (ord, Image { text, rec, old_text, old })
+            let old = old_text
+                .as_deref()
+                .and_then(|o| serde_json::from_str(o).ok());
+            (
+                ord,
+                Image {
+                    text,
+                    rec,
+                    old_text,
+                    old,
+                },
+            )
         })
         .collect()
 }
@@ -391,26 +434,41 @@ fn route(
             // SAFETY: inside the SPI connection just opened; arguments match their types.
             unsafe {
                 spi::run(MATCHES_SQL, &MATCHES_TYPES, &args, false, |row| {
-                    pairs.push((row.get(1).unwrap_or_default(), row.get(2).unwrap_or_default()))
+                    pairs.push((
+                        row.get(1).unwrap_or_default(),
+                        row.get(2).unwrap_or_default(),
+                    ))
                 });
                 if pairs.is_empty() {
                     return (Vec::new(), None);
                 }
                 // Each subscription's details once, not once per matched row.
                 let by_id = subscribers(pairs.iter().map(|&(_, id)| id).collect());
-                spi::run(META_SQL, &[pg_sys::OIDOID], &[entity.into_datum()], true, |row| {
-                    meta = Some(Meta {
-                        schema: row.get(1).unwrap_or_default(),
-                        table: row.get(2).unwrap_or_default(),
-                        rls: row.get(3).unwrap_or_default(),
-                        commit_timestamp: row.get(4).unwrap_or_default(),
-                        entity_sql: row.get(5).unwrap_or_default(),
-                        replica_identity_full: row.get(6).unwrap_or_default(),
-                    })
-                });
+                spi::run(
+                    META_SQL,
+                    &[pg_sys::OIDOID],
+                    &[entity.into_datum()],
+                    true,
+                    |row| {
+                        meta = Some(Meta {
+                            schema: row.get(1).unwrap_or_default(),
+                            table: row.get(2).unwrap_or_default(),
+                            rls: row.get(3).unwrap_or_default(),
+                            commit_timestamp: row.get(4).unwrap_or_default(),
+                            entity_sql: row.get(5).unwrap_or_default(),
+                            replica_identity_full: row.get(6).unwrap_or_default(),
+                        })
+                    },
+                );
                 let matches = pairs
                     .into_iter()
-                    .filter_map(|(ord, id)| Some(Match { ord, subscription: id, who: by_id.get(&id)?.clone() }))
+                    .filter_map(|(ord, id)| {
+                        Some(Match {
+                            ord,
+                            subscription: id,
+                            who: by_id.get(&id)?.clone(),
+                        })
+                    })
                     .collect::<Vec<_>>();
                 (matches, meta)
             }
@@ -458,37 +516,59 @@ fn passing_filters(
     data: *mut pg_sys::TriggerData,
     candidates: Vec<Match>,
 ) -> Vec<Match> {
-    let (mut passing, filtered): (Vec<Match>, Vec<Match>) =
-        candidates.into_iter().partition(|m| m.who.filters.is_empty());
+    let (mut passing, filtered): (Vec<Match>, Vec<Match>) = candidates
+        .into_iter()
+        .partition(|m| m.who.filters.is_empty());
     if filtered.is_empty() {
         return passing;
     }
     let mut shapes: BTreeMap<Vec<Shape>, Vec<Match>> = BTreeMap::new();
     for m in filtered {
-        shapes.entry(m.who.filters.iter().map(Condition::shape).collect()).or_default().push(m);
+        shapes
+            .entry(m.who.filters.iter().map(Condition::shape).collect())
+            .or_default()
+            .push(m);
     }
     let shapes: Vec<Vec<Match>> = shapes.into_values().collect();
-    let table = if action == Action::Delete { "realtime_old" } else { "realtime_new" };
+    let table = if action == Action::Delete {
+        "realtime_old"
+    } else {
+        "realtime_new"
+    };
     let evaluate = |todo: &[Vec<Match>]| -> Vec<HashSet<(i64, i64)>> {
         Spi::connect(|client| {
             // SAFETY: `data` is the trigger's own TriggerData, alive for the whole call.
             unsafe { pg_sys::SPI_register_trigger_data(data) };
-            let (_, columns) = filter::columns(&client, entity)?;
+            let (_, columns) = filter::columns(client, entity)?;
             let rows = filter::transition_rows(table, &columns);
             let mut verdicts = Vec::with_capacity(todo.len());
             for shape in todo {
                 let conditions = &shape[0].who.filters;
-                let sql = filter::shape_sql(&rows, conditions, &columns).unwrap_or_else(|e| pgrx::error!("{e}"));
+                let sql = filter::shape_sql(&rows, conditions, &columns)
+                    .unwrap_or_else(|e| pgrx::error!("{e}"));
                 let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
                     shape.iter().map(|m| m.ord).collect::<Vec<_>>().into(),
-                    shape.iter().map(|m| m.subscription).collect::<Vec<_>>().into(),
+                    shape
+                        .iter()
+                        .map(|m| m.subscription)
+                        .collect::<Vec<_>>()
+                        .into(),
                 ];
                 for i in 0..conditions.len() {
-                    args.push(shape.iter().map(|m| m.who.filters[i].param()).collect::<Vec<_>>().into());
+                    args.push(
+                        shape
+                            .iter()
+                            .map(|m| m.who.filters[i].param())
+                            .collect::<Vec<_>>()
+                            .into(),
+                    );
                 }
                 let mut kept = HashSet::new();
                 for row in client.select(&sql, None, &args)? {
-                    kept.insert((row.get::<i64>(1)?.unwrap_or_default(), row.get::<i64>(2)?.unwrap_or_default()));
+                    kept.insert((
+                        row.get::<i64>(1)?.unwrap_or_default(),
+                        row.get::<i64>(2)?.unwrap_or_default(),
+                    ));
                 }
                 verdicts.push(kept);
             }
@@ -510,7 +590,11 @@ fn passing_filters(
         })
     });
     for (shape, kept) in shapes.into_iter().zip(verdicts) {
-        passing.extend(shape.into_iter().filter(|m| kept.contains(&(m.ord, m.subscription))));
+        passing.extend(
+            shape
+                .into_iter()
+                .filter(|m| kept.contains(&(m.ord, m.subscription))),
+        );
     }
     passing
 }
@@ -544,20 +628,39 @@ impl Change {
             verdicts
         };
         // An UPDATE's whole old row goes only to groups that could see it before the statement.
-        let old_verdicts = (self.action == Action::Update && self.meta.replica_identity_full && self.meta.rls)
-            .then(|| self.check_groups(groups, rows, Side::Old, self.before));
-        type View<'m> = (i64, &'m str, &'m str, Option<&'m Vec<String>>, Option<&'static str>, bool);
+        let old_verdicts =
+            (self.action == Action::Update && self.meta.replica_identity_full && self.meta.rls)
+                .then(|| self.check_groups(groups, rows, Side::Old, self.before));
+        type View<'m> = (
+            i64,
+            &'m str,
+            &'m str,
+            Option<&'m Vec<String>>,
+            Option<&'static str>,
+            bool,
+        );
         let mut out: BTreeMap<View, Vec<i64>> = BTreeMap::new();
         for (i, (group, (visible, error))) in groups.iter().zip(&verdicts).enumerate() {
             for m in group.iter().filter(|m| visible.contains(&m.ord)) {
-                let old_visible = old_verdicts.as_ref().is_none_or(|v| v[i].0.contains(&m.ord));
+                let old_visible = old_verdicts
+                    .as_ref()
+                    .is_none_or(|v| v[i].0.contains(&m.ord));
                 let who = &m.who;
-                let view = (m.ord, who.sidecar.as_str(), who.role.as_str(), who.selected.as_ref(), *error, old_visible);
+                let view = (
+                    m.ord,
+                    who.sidecar.as_str(),
+                    who.role.as_str(),
+                    who.selected.as_ref(),
+                    *error,
+                    old_visible,
+                );
                 out.entry(view).or_default().push(m.subscription);
             }
         }
         for ((ord, sidecar, role, selected, error, old_visible), subscriptions) in out {
-            let Some(image) = rows.get(&ord) else { continue };
+            let Some(image) = rows.get(&ord) else {
+                continue;
+            };
             let columns = self.columns_for(role);
             let old = image.old.as_ref().map(|o| (o, old_visible));
             let data = self.data(&columns, selected, &image.rec, old, error);
@@ -589,7 +692,10 @@ impl Change {
         side: Side,
         snapshot: pg_sys::Snapshot,
     ) -> Vec<Verdict> {
-        let checks: Vec<Check> = groups.iter().map(|g| self.plan_check(g, rows, side)).collect();
+        let checks: Vec<Check> = groups
+            .iter()
+            .map(|g| self.plan_check(g, rows, side))
+            .collect();
         if checks.iter().all(|c| c.query.is_none()) {
             return checks.iter().map(Check::unchecked).collect();
         }
@@ -646,7 +752,13 @@ impl Change {
     /// the table's owner: the key types' input functions are the table's code), so a check does
     /// no JSON work and its lookup is a primary key index probe (the LIMIT keeps it one whatever
     /// the generic plan thinks of the table's size).
-    fn probe_for(&self, ords: &[i64], pk: &[&Column], rows: &BTreeMap<i64, Image>, side: Side) -> Probe {
+    fn probe_for(
+        &self,
+        ords: &[i64],
+        pk: &[&Column],
+        rows: &BTreeMap<i64, Image>,
+        side: Side,
+    ) -> Probe {
         let key = (ords.to_vec(), side);
         if let Some(probe) = self.probes.borrow().get(&key) {
             return probe.clone();
@@ -665,9 +777,12 @@ impl Change {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let (types, args) = identity::as_table_owner(self.owner, || key_arrays(&keys_sql, ords, images));
+        let (types, args) =
+            identity::as_table_owner(self.owner, || key_arrays(&keys_sql, ords, images));
         let columns: Vec<String> = (0..pk.len()).map(|i| format!("k{i}")).collect();
-        let params: Vec<String> = (1..=types.len()).map(|i| format!("pg_catalog.unnest(${i})")).collect();
+        let params: Vec<String> = (1..=types.len())
+            .map(|i| format!("pg_catalog.unnest(${i})"))
+            .collect();
         let condition = pk
             .iter()
             .zip(&columns)
@@ -680,7 +795,11 @@ impl Change {
             params.join(", "),
             columns.join(", "),
         );
-        let probe = Probe { sql: sql.into(), types: types.into(), args: args.into() };
+        let probe = Probe {
+            sql: sql.into(),
+            types: types.into(),
+            args: args.into(),
+        };
         self.probes.borrow_mut().insert(key, probe.clone());
         probe
     }
@@ -690,7 +809,9 @@ impl Change {
             return columns.clone();
         }
         let columns = Rc::new(self.columns(role));
-        self.columns.borrow_mut().insert(role.to_owned(), columns.clone());
+        self.columns
+            .borrow_mut()
+            .insert(role.to_owned(), columns.clone());
         columns
     }
 
@@ -702,14 +823,20 @@ impl Change {
             Spi::connect(|_| {
                 // SAFETY: inside the SPI connection just opened; arguments match their types.
                 unsafe {
-                    spi::run(COLUMNS_SQL, &[pg_sys::OIDOID, pg_sys::TEXTOID], &args, true, |row| {
-                        columns.push(Column {
-                            name: row.get(1).unwrap_or_default(),
-                            quoted: row.get(2).unwrap_or_default(),
-                            type_name: row.get(3).unwrap_or_default(),
-                            is_pk: row.get(4).unwrap_or_default(),
-                        })
-                    })
+                    spi::run(
+                        COLUMNS_SQL,
+                        &[pg_sys::OIDOID, pg_sys::TEXTOID],
+                        &args,
+                        true,
+                        |row| {
+                            columns.push(Column {
+                                name: row.get(1).unwrap_or_default(),
+                                quoted: row.get(2).unwrap_or_default(),
+                                type_name: row.get(3).unwrap_or_default(),
+                                is_pk: row.get(4).unwrap_or_default(),
+                            })
+                        },
+                    )
                 }
             })
         });
@@ -735,15 +862,26 @@ impl Change {
             shown
                 .iter()
                 .filter(|c| !only_pk || c.is_pk)
-                .map(|c| (c.name.clone(), image.get(&c.name).cloned().unwrap_or(Value::Null)))
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        image.get(&c.name).cloned().unwrap_or(Value::Null),
+                    )
+                })
                 .collect()
         };
         let mut data = Map::new();
         data.insert("schema".into(), self.meta.schema.clone().into());
         data.insert("table".into(), self.meta.table.clone().into());
-        data.insert("commit_timestamp".into(), self.meta.commit_timestamp.clone().into());
+        data.insert(
+            "commit_timestamp".into(),
+            self.meta.commit_timestamp.clone().into(),
+        );
         data.insert("type".into(), self.action.name().into());
-        let cols: Vec<Value> = shown.iter().map(|c| json!({ "name": c.name, "type": c.type_name })).collect();
+        let cols: Vec<Value> = shown
+            .iter()
+            .map(|c| json!({ "name": c.name, "type": c.type_name }))
+            .collect();
         data.insert("columns".into(), cols.into());
         let mut errors = error.map(|e| vec![Value::from(e)]);
         if error.is_none() {
@@ -805,14 +943,32 @@ fn run_checks(checks: &[Check], snapshot: pg_sys::Snapshot) -> Vec<Verdict> {
                 for check in &checks[start..end] {
                     let claims: Value = serde_json::from_str(&check.claims).unwrap_or(Value::Null);
                     identity::set_local("request.jwt.claims", &check.claims);
-                    identity::set_local("request.jwt.claim.sub", claims.get("sub").and_then(Value::as_str).unwrap_or_default());
-                    identity::set_local("request.jwt.claim.role", claims.get("role").and_then(Value::as_str).unwrap_or_default());
+                    identity::set_local(
+                        "request.jwt.claim.sub",
+                        claims
+                            .get("sub")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                    );
+                    identity::set_local(
+                        "request.jwt.claim.role",
+                        claims
+                            .get("role")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                    );
                     // Opened with the first group's claims set: planning may evaluate the
                     // policies' stable expressions (for estimates only).
                     // SAFETY: inside the caller's subtransaction, whose resource owner and memory
                     // context stay current until `close` (or its abort cleans up).
-                    let runs = runs.get_or_insert_with(|| unsafe { Runs::open(&probe.sql, &probe.types, snapshot) });
-                    let args = check.query.as_ref().map(|q| q.args.clone()).unwrap_or_default();
+                    let runs = runs.get_or_insert_with(|| unsafe {
+                        Runs::open(&probe.sql, &probe.types, snapshot)
+                    });
+                    let args = check
+                        .query
+                        .as_ref()
+                        .map(|q| q.args.clone())
+                        .unwrap_or_default();
                     // SAFETY: the arguments match the types the probe was opened with.
                     verdicts.push((unsafe { runs.run(&args) }, None));
                 }
@@ -829,18 +985,28 @@ fn run_checks(checks: &[Check], snapshot: pg_sys::Snapshot) -> Vec<Verdict> {
 
 /// Runs `sql` (`$1` the ords, `$2` their row images as text) returning one row of arrays; their
 /// types and values, copied out of SPI.
-fn key_arrays(sql: &str, ords: &[i64], images: Vec<&str>) -> (Vec<pg_sys::Oid>, Vec<Option<pg_sys::Datum>>) {
+fn key_arrays(
+    sql: &str,
+    ords: &[i64],
+    images: Vec<&str>,
+) -> (Vec<pg_sys::Oid>, Vec<Option<pg_sys::Datum>>) {
     let (mut types, mut values) = (Vec::new(), Vec::new());
     let args = [ords.to_vec().into_datum(), images.into_datum()];
     Spi::connect(|_| {
         // SAFETY: inside the SPI connection just opened; arguments match their types.
         unsafe {
-            spi::run(sql, &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID], &args, true, |row| {
-                for n in 1..=row.columns() {
-                    types.push(row.type_of(n));
-                    values.push(row.transfer(n));
-                }
-            })
+            spi::run(
+                sql,
+                &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID],
+                &args,
+                true,
+                |row| {
+                    for n in 1..=row.columns() {
+                        types.push(row.type_of(n));
+                        values.push(row.transfer(n));
+                    }
+                },
+            )
         }
     });
     (types, values)
@@ -850,13 +1016,19 @@ fn key_arrays(sql: &str, ords: &[i64], images: Vec<&str>) -> (Vec<pg_sys::Oid>, 
 /// as for ALTER TABLE; the capture triggers are then created by the extension.
 #[pg_extern(sql = false)]
 fn enable(entity: pg_sys::Oid) {
-    set_capture(entity, "select realtime._capture_on($1::pg_catalog.regclass, 'enable')");
+    set_capture(
+        entity,
+        "select realtime._capture_on($1::pg_catalog.regclass, 'enable')",
+    );
 }
 
 /// `realtime.disable(entity)`: stop capturing the table's changes (owner only).
 #[pg_extern(sql = false)]
 fn disable(entity: pg_sys::Oid) {
-    set_capture(entity, "select realtime._capture_off($1::pg_catalog.regclass)");
+    set_capture(
+        entity,
+        "select realtime._capture_off($1::pg_catalog.regclass)",
+    );
 }
 
 fn set_capture(entity: pg_sys::Oid, sql: &str) {
@@ -864,7 +1036,13 @@ fn set_capture(entity: pg_sys::Oid, sql: &str) {
         // SAFETY: get_rel_name returns a palloc'd name or null for a relation that is gone.
         let name = unsafe {
             let name = pg_sys::get_rel_name(entity);
-            if name.is_null() { format!("{entity:?}") } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() }
+            if name.is_null() {
+                format!("{entity:?}")
+            } else {
+                std::ffi::CStr::from_ptr(name)
+                    .to_string_lossy()
+                    .into_owned()
+            }
         };
         crate::error::RealtimeError::NotOwner(name).report();
     }

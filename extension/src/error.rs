@@ -81,7 +81,9 @@ impl RealtimeError {
     pub fn report(self) -> ! {
         let (code, msg, hint) = self.parts();
         match hint {
-            Some(h) => ErrorReport::new(code, msg, "pg_realtime").set_hint(h).report(PgLogLevel::ERROR),
+            Some(h) => ErrorReport::new(code, msg, "pg_realtime")
+                .set_hint(h)
+                .report(PgLogLevel::ERROR),
             None => ErrorReport::new(code, msg, "pg_realtime").report(PgLogLevel::ERROR),
         }
         unreachable!("ERROR does not return")

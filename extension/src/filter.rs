@@ -22,6 +22,7 @@ use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use crate::identity;
@@ -65,7 +66,8 @@ impl Column {
 
 impl Condition {
     pub fn shape(&self) -> Shape {
-        let keyword = (self.op == "is").then(|| self.value.clone().unwrap_or_default().to_uppercase());
+        let keyword =
+            (self.op == "is").then(|| self.value.clone().unwrap_or_default().to_uppercase());
         (self.column.clone(), self.op.clone(), self.negate, keyword)
     }
 
@@ -117,20 +119,33 @@ impl Condition {
             },
             other => return Err(format!("unknown filter operator: {other}")),
         };
-        Ok(if self.negate { format!("not ({sql})") } else { sql })
+        Ok(if self.negate {
+            format!("not ({sql})")
+        } else {
+            sql
+        })
     }
 }
 
 /// The query that keeps the (row, subscription) pairs passing every condition of one shape.
 /// `rows`: a FROM item `r(ord, w)` with each row whole in `w`; parameters: `$1`/`$2` the pairs'
 /// ords and subscription ids, then one text array per condition with the pairs' parameters.
-pub fn shape_sql(rows: &str, conditions: &[Condition], columns: &HashMap<String, Column>) -> Result<String, String> {
+pub fn shape_sql(
+    rows: &str,
+    conditions: &[Condition],
+    columns: &HashMap<String, Column>,
+) -> Result<String, String> {
     let mut params = String::new();
     let mut slots = String::new();
     let mut tests = Vec::with_capacity(conditions.len());
     for (i, cond) in conditions.iter().enumerate() {
-        let column = columns.get(&cond.column).ok_or_else(|| format!("column \"{}\" does not exist", cond.column))?;
-        params.push_str(&format!(", pg_catalog.unnest(${}::pg_catalog.text[])", i + 3));
+        let column = columns
+            .get(&cond.column)
+            .ok_or_else(|| format!("column \"{}\" does not exist", cond.column))?;
+        params.push_str(&format!(
+            ", pg_catalog.unnest(${}::pg_catalog.text[])",
+            i + 3
+        ));
         slots.push_str(&format!(", v{i}"));
         tests.push(cond.sql(column, &format!("p.v{i}"))?);
     }
@@ -157,7 +172,10 @@ pub fn transition_rows(table: &str, columns: &HashMap<String, Column>) -> String
 
 /// The table's name as SQL, and its columns by name. Inside SPI, with the pinned search path
 /// (types outside pg_catalog come out schema-qualified).
-pub fn columns(client: &SpiClient<'_>, entity: pg_sys::Oid) -> Result<(String, HashMap<String, Column>), pgrx::spi::Error> {
+pub fn columns(
+    client: &SpiClient<'_>,
+    entity: pg_sys::Oid,
+) -> Result<(String, HashMap<String, Column>), pgrx::spi::Error> {
     const COLUMNS_SQL: &str = "
         select pg_catalog.format('%I.%I', n.nspname, c.relname), a.attname::pg_catalog.text,
                pg_catalog.quote_ident(a.attname), pg_catalog.format_type(a.atttypid, a.atttypmod),
@@ -190,23 +208,37 @@ pub fn columns(client: &SpiClient<'_>, entity: pg_sys::Oid) -> Result<(String, H
         let (base, deterministic) = unsafe {
             (
                 pg_sys::getBaseType(ty),
-                collation == pg_sys::Oid::INVALID || pg_sys::get_collation_isdeterministic(collation),
+                collation == pg_sys::Oid::INVALID
+                    || pg_sys::get_collation_isdeterministic(collation),
             )
         };
-        found.insert(name, Column { quoted, typed, base, deterministic, operators: HashMap::new() });
+        found.insert(
+            name,
+            Column {
+                quoted,
+                typed,
+                base,
+                deterministic,
+                operators: HashMap::new(),
+            },
+        );
     }
     let mut by_type: HashMap<pg_sys::Oid, HashMap<String, String>> = HashMap::new();
     for column in found.values_mut() {
-        if !by_type.contains_key(&column.base) {
-            let mut operators = HashMap::new();
-            for row in client.select(OPERATORS_SQL, None, &[column.base.into()])? {
-                if let (Some(op), Some(schema)) = (row.get::<String>(1)?, row.get::<String>(2)?) {
-                    operators.insert(op, schema);
+        let operators = match by_type.entry(column.base) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let mut operators = HashMap::new();
+                for row in client.select(OPERATORS_SQL, None, &[column.base.into()])? {
+                    if let (Some(op), Some(schema)) = (row.get::<String>(1)?, row.get::<String>(2)?)
+                    {
+                        operators.insert(op, schema);
+                    }
                 }
+                slot.insert(operators)
             }
-            by_type.insert(column.base, operators);
-        }
-        column.operators = by_type[&column.base].clone();
+        };
+        column.operators = operators.clone();
     }
     Ok((entity_sql, found))
 }
@@ -250,14 +282,19 @@ fn filter_check(entity: pg_sys::Oid, cond: JsonB) -> Option<JsonB> {
     identity::with_rendering(|| {
         identity::as_table_owner(owner, || {
             Spi::connect(|client| {
-                let (entity_sql, columns) = columns(&client, entity)?;
+                let (entity_sql, columns) = columns(client, entity)?;
                 let Some(column) = columns.get(&cond.column) else {
                     error!("column \"{}\" does not exist", cond.column)
                 };
                 let rows = format!("(select 0::pg_catalog.int8 as ord, null::{entity_sql} as w) r");
-                let sql = shape_sql(&rows, std::slice::from_ref(&cond), &columns).unwrap_or_else(|message| error!("{message}"));
+                let sql = shape_sql(&rows, std::slice::from_ref(&cond), &columns)
+                    .unwrap_or_else(|message| error!("{message}"));
                 let param = cond.param();
-                let args = [vec![0i64].into(), vec![0i64].into(), vec![param.clone()].into()];
+                let args = [
+                    vec![0i64].into(),
+                    vec![0i64].into(),
+                    vec![param.clone()].into(),
+                ];
                 client.select(&sql, None, &args)?;
                 // The row is NULL, so the query above may never have cast the value: cast it.
                 let typed = &column.typed;
@@ -274,11 +311,18 @@ fn filter_check(entity: pg_sys::Oid, cond: JsonB) -> Option<JsonB> {
                 }
                 if matches!(cond.op.as_str(), "match" | "imatch") {
                     let regex = if cond.op == "match" { "~" } else { "~*" };
-                    client.select(&format!("select '' OPERATOR(pg_catalog.{regex}) $1"), None, &[param.clone().into()])?;
+                    client.select(
+                        &format!("select '' OPERATOR(pg_catalog.{regex}) $1"),
+                        None,
+                        &[param.clone().into()],
+                    )?;
                 }
                 if cond.op == "eq" && !cond.negate && indexable(column) {
                     let sql = format!("select pg_catalog.to_jsonb(CAST($1 AS {}))", column.typed);
-                    return client.select(&sql, None, &[param.into()])?.first().get_one::<JsonB>();
+                    return client
+                        .select(&sql, None, &[param.into()])?
+                        .first()
+                        .get_one::<JsonB>();
                 }
                 Ok::<_, pgrx::spi::Error>(None)
             })

@@ -5,7 +5,8 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 /// Database the notifier connects to (NOTIFY is per database). The extension is used there.
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// Messages older than this many seconds are pruned.
 pub static QUEUE_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// Upper bound on the span of sequence numbers kept in the queue.

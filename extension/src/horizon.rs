@@ -27,25 +27,43 @@ pub struct Registry {
     inflight: [i64; MAX_SLOTS],
 }
 
+// SAFETY: plain old data (a flag, a counter, an array of i64): no pointers, no heap, no
+// per-process state, so the same bytes mean the same thing in every backend that maps them.
 unsafe impl PGRXSharedMemory for Registry {}
 
 impl Registry {
     const fn new() -> Self {
-        Self { initialized: false, next_seq: 1, inflight: [FREE; MAX_SLOTS] }
+        Self {
+            initialized: false,
+            next_seq: 1,
+            inflight: [FREE; MAX_SLOTS],
+        }
     }
 
     fn horizon(&self) -> i64 {
         // Only slots of PGPROCs that exist can be taken: scan those, not the whole array (the
         // scan runs under the shared lock that writers wait on).
+        // SAFETY: ProcGlobal points to shared memory set up by the postmaster before any
+        // backend runs, and allProcCount never changes after that.
         let procs = unsafe { (*pg_sys::ProcGlobal).allProcCount as usize }.min(MAX_SLOTS);
-        self.inflight[..procs].iter().copied().filter(|&s| s != FREE).min().unwrap_or(self.next_seq)
+        self.inflight[..procs]
+            .iter()
+            .copied()
+            .filter(|&s| s != FREE)
+            .min()
+            .unwrap_or(self.next_seq)
     }
 }
 
+// SAFETY: a name no other shared-memory object uses (the extension's prefix, once each);
+// allocated by pg_shmem_init! in _PG_init, at server start.
 static REGISTRY: PgLwLock<Registry> = unsafe { PgLwLock::new(c"pg_realtime_registry") };
+// SAFETY: as REGISTRY: a name of its own, allocated in _PG_init.
 static IDLE: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_realtime_idle") };
+// SAFETY: as REGISTRY: a name of its own, allocated in _PG_init.
 static WAKE_REQUESTED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_realtime_wake") };
 /// Address of the notifier's latch (shared memory is mapped at the same address everywhere).
+// SAFETY: as REGISTRY: a name of its own, allocated in _PG_init.
 static NOTIFIER_LATCH: PgAtomic<AtomicUsize> = unsafe { PgAtomic::new(c"pg_realtime_latch") };
 
 pub fn init_shmem() {
@@ -70,6 +88,8 @@ pub fn initialize(floor: i64) {
 }
 
 fn my_slot() -> usize {
+    // SAFETY: every backend that runs transactions has its PGPROC (InitProcess) before it can
+    // reach pre-commit or an end-of-transaction callback, the only callers.
     let procno = unsafe { (*pg_sys::MyProc).pgprocno };
     if procno < 0 || procno as usize >= MAX_SLOTS {
         RealtimeError::TooManyBackends(MAX_SLOTS as i32).report();
@@ -95,6 +115,10 @@ pub fn release(committed: bool) {
         WAKE_REQUESTED.get().store(true, Ordering::SeqCst);
         let latch = NOTIFIER_LATCH.get().load(Ordering::SeqCst);
         if latch != 0 {
+            // SAFETY: a non-zero value is the notifier's MyLatch, which is its PGPROC's latch in
+            // the shared PGPROC array (mapped at the same address in every backend, never freed).
+            // If the notifier has exited since, the latch is still valid memory: the cost is a
+            // spurious wake-up of whoever owns it now.
             unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
         }
     }

@@ -30,7 +30,12 @@ const POLICY_PATH: &str = "\"$user\", public, pg_temp";
 
 /// Runs `f` as the bootstrap superuser with the pinned search path.
 pub fn as_internal<R>(f: impl FnOnce() -> R) -> R {
-    as_user(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), false, PINNED_PATH, f)
+    as_user(
+        pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+        false,
+        PINNED_PATH,
+        f,
+    )
 }
 
 /// Runs `f` as `owner` (a table's owner), security-restricted, with the pinned search path.
@@ -206,7 +211,10 @@ fn subtransaction<R>(keep: bool, f: impl FnOnce() -> R) -> Result<R, (PgSqlError
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
-        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f()))).catch_others(Err).execute();
+        // Boxed: the caught error is large, and is only inspected after the rollback below.
+        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
+            .catch_others(|e| Err(Box::new(e)))
+            .execute();
         if keep && result.is_ok() {
             pg_sys::ReleaseCurrentSubTransaction();
         } else {
@@ -215,12 +223,14 @@ fn subtransaction<R>(keep: bool, f: impl FnOnce() -> R) -> Result<R, (PgSqlError
         pg_sys::MemoryContextSwitchTo(context);
         pg_sys::CurrentResourceOwner = owner;
         result.map_err(|caught| {
-            let report = match &caught {
+            let report = match &*caught {
                 CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report,
                 CaughtError::RustPanic { ereport, .. } => ereport,
             };
             let class = |code: isize| code & 0xFFF;
-            if class(report.sql_error_code() as isize) == class(PgSqlErrorCode::ERRCODE_QUERY_CANCELED as isize) {
+            if class(report.sql_error_code() as isize)
+                == class(PgSqlErrorCode::ERRCODE_QUERY_CANCELED as isize)
+            {
                 caught.rethrow();
             }
             (report.sql_error_code(), report.message().to_owned())
@@ -232,7 +242,10 @@ fn subtransaction<R>(keep: bool, f: impl FnOnce() -> R) -> Result<R, (PgSqlError
 /// superuser, not BYPASSRLS, not its owner), as PostgreSQL itself decides.
 pub fn rls_applies(relid: pg_sys::Oid) -> bool {
     // SAFETY: a catalog lookup for the current user; `noError` keeps it from raising.
-    unsafe { pg_sys::check_enable_rls(relid, pg_sys::Oid::INVALID, true) == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 }
+    unsafe {
+        pg_sys::check_enable_rls(relid, pg_sys::Oid::INVALID, true)
+            == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    }
 }
 
 /// Whether the current user owns relation `relid` (or is a member of its owner, or superuser).

@@ -25,13 +25,27 @@ mod spi;
 pgrx::pg_module_magic!();
 
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../../sql/authorization.sql", name = "authorization", requires = ["schema"]);
-extension_sql_file!("../../sql/presence.sql", name = "presence", requires = ["schema"]);
-extension_sql_file!("../../sql/changes.sql", name = "changes", requires = ["schema", _capture, subscriptions_changed]);
+extension_sql_file!(
+    "../../sql/authorization.sql",
+    name = "authorization",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../../sql/presence.sql",
+    name = "presence",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../../sql/changes.sql",
+    name = "changes",
+    requires = ["schema", _capture, subscriptions_changed]
+);
 extension_sql_file!("../../sql/api.sql", name = "api", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: a plain read of a flag the loading process itself sets; _PG_init runs on its
+    // only thread.
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         error::RealtimeError::NotPreloaded.report();
     }
@@ -75,7 +89,10 @@ mod tests {
              end $$",
         )
         .unwrap();
-        assert_eq!(Spi::get_one::<i64>("select realtime._pending()").unwrap(), Some(2));
+        assert_eq!(
+            Spi::get_one::<i64>("select realtime._pending()").unwrap(),
+            Some(2)
+        );
     }
 
     #[pg_test(error = "payload must be jsonb or bytea, not integer")]

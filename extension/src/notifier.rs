@@ -24,8 +24,12 @@ pub fn register() {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_realtime_notifier_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = guc::DATABASE.get().map(|d| d.to_string_lossy().into_owned());
+    let database = guc::DATABASE
+        .get()
+        .map(|d| d.to_string_lossy().into_owned());
     BackgroundWorker::connect_worker_to_spi(database.as_deref(), None);
+    // SAFETY: a plain read; by now InitProcess has pointed MyLatch at this worker's PGPROC latch,
+    // in shared memory, which is what other backends may set.
     horizon::publish_notifier_latch(unsafe { pg_sys::MyLatch });
 
     // Wake whoever went idle while no notifier was running.
@@ -38,10 +42,15 @@ pub extern "C-unwind" fn pg_realtime_notifier_main(_arg: pg_sys::Datum) {
             break;
         }
         if BackgroundWorker::sighup_received() {
+            // SAFETY: what every PostgreSQL process does on SIGHUP, from its main loop, outside
+            // any transaction (each BackgroundWorker::transaction has ended before the loop
+            // comes back here).
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         if horizon::take_wake_request() {
-            BackgroundWorker::transaction(|| Spi::run("notify realtime_wakeup").expect("NOTIFY failed"));
+            BackgroundWorker::transaction(|| {
+                Spi::run("notify realtime_wakeup").expect("NOTIFY failed")
+            });
         }
         if last_prune.elapsed() >= interval {
             last_prune = Instant::now();
@@ -56,5 +65,8 @@ pub extern "C-unwind" fn pg_realtime_notifier_main(_arg: pg_sys::Datum) {
 }
 
 fn extension_installed() -> bool {
-    Spi::get_one::<bool>("select to_regclass('realtime.queue') is not null").ok().flatten().unwrap_or(false)
+    Spi::get_one::<bool>("select to_regclass('realtime.queue') is not null")
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }

@@ -60,15 +60,25 @@ thread_local! {
 }
 
 pub fn push(topic: &str, event: &str, payload: pg_sys::Datum, binary: bool, envelope: Envelope) {
+    // SAFETY: the callers (the send functions, capture's trigger) run inside a transaction, so
+    // TopTransactionContext exists, and pass a non-null jsonb or bytea datum: a varlena, which
+    // is what pg_detoast_datum_copy takes. The previous context is switched back before any Rust code
+    // runs; an ERROR in between leaves the switch to transaction abort, which resets it.
     let payload = unsafe {
         let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
         let copy = pg_sys::pg_detoast_datum_copy(payload.cast_mut_ptr());
         pg_sys::MemoryContextSwitchTo(old);
         pg_sys::Datum::from(copy)
     };
+    // SAFETY: a read of the current transaction state, inside a transaction.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     PENDING.with_borrow_mut(|p| {
-        let Envelope { private, msg_id, origin, extension } = envelope;
+        let Envelope {
+            private,
+            msg_id,
+            origin,
+            extension,
+        } = envelope;
         p.push(Message {
             topic: topic.into(),
             event: event.into(),
@@ -102,5 +112,9 @@ pub fn abort_subxact(level: i32) {
 
 /// A subtransaction at `level` committed: its messages now belong to the parent.
 pub fn commit_subxact(level: i32) {
-    PENDING.with_borrow_mut(|p| p.iter_mut().filter(|m| m.level >= level).for_each(|m| m.level = level - 1));
+    PENDING.with_borrow_mut(|p| {
+        p.iter_mut()
+            .filter(|m| m.level >= level)
+            .for_each(|m| m.level = level - 1)
+    });
 }

@@ -7,9 +7,9 @@
 //!
 //! Reader path: `_poll` computes the horizon *before* it takes its snapshot, so every seq below
 //! the horizon is either visible in that snapshot or belonged to an aborted transaction.
+use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
-use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 use pgrx::{AnyElement, IntoDatum, JsonB, Uuid};
 use std::cell::Cell;
 use std::ffi::c_void;
@@ -24,6 +24,8 @@ thread_local! {
 }
 
 pub fn register_callbacks() {
+    // SAFETY: called once, from _PG_init; the callbacks are pg_guard'ed functions of the
+    // signature PostgreSQL expects, in a library that is never unloaded, and take no argument.
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
@@ -37,9 +39,10 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
         XACT_EVENT_PRE_COMMIT => flush(),
         XACT_EVENT_PRE_PREPARE if pending::len() > 0 => RealtimeError::Prepare.report(),
         XACT_EVENT_COMMIT => finish(true),
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_COMMIT => {
-            finish(false)
-        }
+        XACT_EVENT_ABORT
+        | XACT_EVENT_PARALLEL_ABORT
+        | XACT_EVENT_PREPARE
+        | XACT_EVENT_PARALLEL_COMMIT => finish(false),
         _ => {}
     }
 }
@@ -51,6 +54,7 @@ unsafe extern "C-unwind" fn on_subxact(
     _parent: pg_sys::SubTransactionId,
     _arg: *mut c_void,
 ) {
+    // SAFETY: a read of the transaction state, which PostgreSQL calls us inside of.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     match event {
         pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => pending::abort_subxact(level),
@@ -79,8 +83,22 @@ unsafe fn ensure_initialized() {
     if horizon::is_initialized() {
         return;
     }
-    let rc = unsafe { pg_sys::SPI_execute(c"select coalesce(max(seq), 0) from realtime.queue".as_ptr(), true, 1) };
-    assert_eq!(rc, pg_sys::SPI_OK_SELECT as i32, "reading the queue's last seq failed");
+    // SAFETY: inside the SPI connection this function's callers must have open; the query is a
+    // NUL-terminated literal.
+    let rc = unsafe {
+        pg_sys::SPI_execute(
+            c"select coalesce(max(seq), 0) from realtime.queue".as_ptr(),
+            true,
+            1,
+        )
+    };
+    assert_eq!(
+        rc,
+        pg_sys::SPI_OK_SELECT as i32,
+        "reading the queue's last seq failed"
+    );
+    // SAFETY: the SELECT succeeded and an aggregate without GROUP BY returns exactly one row,
+    // so SPI_tuptable holds one tuple; its one column is int8, read as i64.
     let floor = unsafe {
         let tt = pg_sys::SPI_tuptable;
         let mut isnull = false;
@@ -103,14 +121,25 @@ fn flush() {
     }
     let msgs = pending::take();
     if !horizon::is_initialized() {
+        // SAFETY: as_owner runs the closure inside an SPI connection.
         as_owner(|| unsafe { ensure_initialized() });
     }
     let first = horizon::reserve(msgs.len());
     HOLDS_SLOT.set(true);
+    // SAFETY: pre-commit still runs inside the transaction, so the relation can be opened and
+    // locked (the locks are held to its end, hence NoLock at close). `values`/`nulls` hold one
+    // datum per column (the count is asserted) of that column's type in sql/schema.sql's order;
+    // the payload is a flat copy still alive in TopTransactionContext (heap_insert toasts what
+    // is too large). `tuple` is ours until freed after index_insert, which reads the t_self that
+    // simple_heap_insert filled in.
     unsafe {
         let rel = pg_sys::table_open(queue_oid(), pg_sys::RowExclusiveLock as i32);
         let desc = (*rel).rd_att;
-        assert_eq!((*desc).natts as usize, QUEUE_COLUMNS, "realtime.queue has an unexpected shape");
+        assert_eq!(
+            (*desc).natts as usize,
+            QUEUE_COLUMNS,
+            "realtime.queue has an unexpected shape"
+        );
         let pk = primary_key(rel);
         let pk_info = pg_sys::BuildIndexInfo(pk);
         let inserted_at = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
@@ -131,8 +160,18 @@ fn flush() {
                 origin.unwrap_or(none),
                 inserted_at,
             ];
-            let mut nulls =
-                [false, false, false, false, false, m.binary, !m.binary, msg_id.is_none(), origin.is_none(), false];
+            let mut nulls = [
+                false,
+                false,
+                false,
+                false,
+                false,
+                m.binary,
+                !m.binary,
+                msg_id.is_none(),
+                origin.is_none(),
+                false,
+            ];
             let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::simple_heap_insert(rel, tuple);
             let (mut key, mut key_null) = ([seq], [false]);
@@ -154,6 +193,8 @@ fn flush() {
 }
 
 unsafe fn queue_oid() -> pg_sys::Oid {
+    // SAFETY: catalog lookups by NUL-terminated names inside a transaction; missing_ok=false
+    // raises if the extension's schema is gone.
     let oid = unsafe {
         let ns = pg_sys::get_namespace_oid(c"realtime".as_ptr(), false);
         pg_sys::get_relname_relid(c"queue".as_ptr(), ns)
@@ -165,12 +206,24 @@ unsafe fn queue_oid() -> pg_sys::Oid {
 /// Opens the queue's only index, its primary key on `seq`. Anything else is refused: an index
 /// added by hand would silently miss these rows.
 unsafe fn primary_key(rel: pg_sys::Relation) -> pg_sys::Relation {
+    // SAFETY: `rel` is open (the caller's contract). The index list is checked non-empty before
+    // its first element is read, and the index is opened (so rd_index is valid) before indnatts
+    // is checked and only then its first key column read.
     unsafe {
         let list = pg_sys::RelationGetIndexList(rel);
-        assert!(!list.is_null() && (*list).length == 1, "realtime.queue must have exactly one index (its primary key)");
-        let pk = pg_sys::index_open((*(*list).elements).oid_value, pg_sys::RowExclusiveLock as i32);
+        assert!(
+            !list.is_null() && (*list).length == 1,
+            "realtime.queue must have exactly one index (its primary key)"
+        );
+        let pk = pg_sys::index_open(
+            (*(*list).elements).oid_value,
+            pg_sys::RowExclusiveLock as i32,
+        );
         let index = &*(*pk).rd_index;
-        assert!(index.indnatts == 1 && index.indkey.values.as_slice(1)[0] == 1, "realtime.queue's index must be on seq");
+        assert!(
+            index.indnatts == 1 && index.indkey.values.as_slice(1)[0] == 1,
+            "realtime.queue's index must be on seq"
+        );
         pk
     }
 }
@@ -192,7 +245,17 @@ fn enqueue(
         RealtimeError::UnknownExtension(extension.into()).report()
     };
     let message = validate(topic, payload).unwrap_or_else(|err| err.report());
-    queue(topic, event, message, pending::Envelope { private, msg_id, origin, extension });
+    queue(
+        topic,
+        event,
+        message,
+        pending::Envelope {
+            private,
+            msg_id,
+            origin,
+            extension,
+        },
+    );
 }
 
 /// A payload ready to queue: the datum and whether it is binary.
@@ -216,7 +279,11 @@ fn queue(topic: &str, event: &str, (payload, binary): Message, envelope: pending
 
 fn type_name(oid: pg_sys::Oid) -> String {
     // SAFETY: format_type_be returns a palloc'd NUL-terminated string for any type oid.
-    unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(oid)).to_string_lossy().into_owned() }
+    unsafe {
+        std::ffi::CStr::from_ptr(pg_sys::format_type_be(oid))
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 /// A send from SQL to a PRIVATE channel must pass the caller's INSERT policies on
@@ -224,29 +291,42 @@ fn type_name(oid: pg_sys::Oid) -> String {
 /// `realtime.topic`) is inserted as the caller in a subtransaction that is always rolled back.
 /// Roles that bypass row-level security there are not checked, as PostgreSQL would not check
 /// them; the probe is skipped for them, so their sends cost nothing more.
-fn authorize_private_send(topic: &str, event: &str, (payload, binary): Message) -> Result<(), RealtimeError> {
+fn authorize_private_send(
+    topic: &str,
+    event: &str,
+    (payload, binary): Message,
+) -> Result<(), RealtimeError> {
     if !identity::rls_applies(messages_oid()) {
         return Ok(());
     }
     let probe = identity::trial(|| {
-        identity::with_settings(&[("realtime.authorizing", "on"), ("realtime.topic", topic)], || {
-            let sql = if binary {
-                "insert into realtime.messages (topic, extension, event, binary_payload, private)
+        identity::with_settings(
+            &[("realtime.authorizing", "on"), ("realtime.topic", topic)],
+            || {
+                let sql = if binary {
+                    "insert into realtime.messages (topic, extension, event, binary_payload, private)
                  values ($1, 'broadcast', $2, $3::bytea, true)"
-            } else {
-                "insert into realtime.messages (topic, extension, event, payload, private)
+                } else {
+                    "insert into realtime.messages (topic, extension, event, payload, private)
                  values ($1, 'broadcast', $2, $3::jsonb, true)"
-            };
-            let ty = if binary { pg_sys::BYTEAOID } else { pg_sys::JSONBOID };
-            // SAFETY: `payload` is a valid datum of type `ty` for the whole call.
-            let value = unsafe { pgrx::datum::DatumWithOid::new(payload, ty) };
-            Spi::run_with_args(sql, &[topic.into(), event.into(), value])
-        })
+                };
+                let ty = if binary {
+                    pg_sys::BYTEAOID
+                } else {
+                    pg_sys::JSONBOID
+                };
+                // SAFETY: `payload` is a valid datum of type `ty` for the whole call.
+                let value = unsafe { pgrx::datum::DatumWithOid::new(payload, ty) };
+                Spi::run_with_args(sql, &[topic.into(), event.into(), value])
+            },
+        )
     });
     match probe {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(RealtimeError::SendFailed(err.to_string())),
-        Err((PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, _)) => Err(RealtimeError::PrivateSendDenied(topic.into())),
+        Err((PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, _)) => {
+            Err(RealtimeError::PrivateSendDenied(topic.into()))
+        }
         Err((_, message)) => Err(RealtimeError::SendFailed(message)),
     }
 }
@@ -275,8 +355,12 @@ fn broadcast(topic: &str, event: &str, payload: Option<AnyElement>, private: boo
     if private {
         authorize_private_send(topic, event, message).unwrap_or_else(|err| err.report());
     }
-    let envelope =
-        pending::Envelope { private, msg_id: None, origin: None, extension: pending::Extension::Broadcast };
+    let envelope = pending::Envelope {
+        private,
+        msg_id: None,
+        origin: None,
+        extension: pending::Extension::Broadcast,
+    };
     queue(topic, event, message, envelope);
 }
 
@@ -298,7 +382,11 @@ fn send_message(payload: Option<AnyElement>, event: &str, topic: &str, private: 
     // SAFETY: gen_random_uuid takes no arguments and returns a uuid datum.
     let id: Option<Uuid> = unsafe { pgrx::direct_function_call(pg_sys::gen_random_uuid, &[]) };
     let sent = validate(topic, payload).and_then(|(datum, binary)| {
-        let message = if binary { (datum, true) } else { (with_id(datum, id), false) };
+        let message = if binary {
+            (datum, true)
+        } else {
+            (with_id(datum, id), false)
+        };
         if private {
             authorize_private_send(topic, event, message)?;
         }
@@ -306,8 +394,12 @@ fn send_message(payload: Option<AnyElement>, event: &str, topic: &str, private: 
     });
     match sent {
         Ok(message) => {
-            let envelope =
-                pending::Envelope { private, msg_id: id, origin: None, extension: pending::Extension::Broadcast };
+            let envelope = pending::Envelope {
+                private,
+                msg_id: id,
+                origin: None,
+                extension: pending::Extension::Broadcast,
+            };
             queue(topic, event, message, envelope);
         }
         Err(err) => pgrx::warning!("WarnSendingBroadcastMessage: {}", err.message()),
@@ -320,16 +412,19 @@ fn with_id(payload: pg_sys::Datum, id: Option<Uuid>) -> pg_sys::Datum {
     // SAFETY: jsonb_typeof, jsonb_exists and jsonb_concat take jsonb (and text) datums, which
     // `payload` and the built values are; they detoast their arguments themselves.
     unsafe {
-        let kind: Option<String> = pgrx::direct_function_call(pg_sys::jsonb_typeof, &[Some(payload)]);
+        let kind: Option<String> =
+            pgrx::direct_function_call(pg_sys::jsonb_typeof, &[Some(payload)]);
         if kind.as_deref() != Some("object") {
             return payload;
         }
-        let has_id: Option<bool> = pgrx::direct_function_call(pg_sys::jsonb_exists, &[Some(payload), "id".into_datum()]);
+        let has_id: Option<bool> =
+            pgrx::direct_function_call(pg_sys::jsonb_exists, &[Some(payload), "id".into_datum()]);
         if has_id == Some(true) {
             return payload;
         }
         let extra = JsonB(serde_json::json!({ "id": id.to_string() })).into_datum();
-        pgrx::direct_function_call_as_datum(pg_sys::jsonb_concat, &[Some(payload), extra]).unwrap_or(payload)
+        pgrx::direct_function_call_as_datum(pg_sys::jsonb_concat, &[Some(payload), extra])
+            .unwrap_or(payload)
     }
 }
 
@@ -346,8 +441,15 @@ fn current_epoch() -> String {
         return e;
     }
     let epoch = Spi::connect_mut(|client| {
-        client.update("insert into realtime.queue_epoch default values on conflict do nothing", None, &[])?;
-        client.select("select epoch::text from realtime.queue_epoch", None, &[])?.first().get_one::<String>()
+        client.update(
+            "insert into realtime.queue_epoch default values on conflict do nothing",
+            None,
+            &[],
+        )?;
+        client
+            .select("select epoch::text from realtime.queue_epoch", None, &[])?
+            .first()
+            .get_one::<String>()
     })
     .expect("reading realtime.queue_epoch failed")
     .expect("realtime.queue_epoch is empty");
@@ -387,7 +489,15 @@ type PollRow = (
 /// Final rows after `after` in commit order. An empty answer registers the caller as idle, so
 /// the next commit wakes the notifier (see `horizon` for why the re-read closes the race).
 #[pg_extern(volatile, parallel_unsafe, security_definer, name = "_poll")]
-fn poll(epoch: &str, after: i64, max_rows: i32) -> TableIterator<
+#[allow(
+    clippy::type_complexity,
+    reason = "pg_extern reads the column names from the spelled-out tuple; PollRow is not accepted"
+)]
+fn poll(
+    epoch: &str,
+    after: i64,
+    max_rows: i32,
+) -> TableIterator<
     'static,
     (
         name!(epoch, String),
@@ -402,6 +512,7 @@ fn poll(epoch: &str, after: i64, max_rows: i32) -> TableIterator<
         name!(extension, String),
     ),
 > {
+    // SAFETY: a plain read of the backend's isolation level.
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         RealtimeError::SnapshotIsolation.report();
     }
@@ -467,7 +578,11 @@ pub fn prune() -> i64 {
              delete from realtime.queue q using bounds b
               where q.seq < greatest(b.keep_from, $3) and q.seq < b.newest",
             None,
-            &[(guc::QUEUE_RETENTION_S.get() as f64).into(), i64::MAX.into(), cap_floor.into()],
+            &[
+                (guc::QUEUE_RETENTION_S.get() as f64).into(),
+                i64::MAX.into(),
+                cap_floor.into(),
+            ],
         )?;
         Ok::<_, pgrx::spi::Error>(deleted.len() as i64)
     })

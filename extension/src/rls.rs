@@ -49,17 +49,28 @@ impl Runs {
         pg_sys::SPI_connect();
         let source = spi::source(spi::kept(sql, types));
         pg_sys::SPI_finish();
-        let plan = pg_sys::GetCachedPlan(source, std::ptr::null_mut(), pg_sys::CurrentResourceOwner, std::ptr::null_mut());
+        let plan = pg_sys::GetCachedPlan(
+            source,
+            std::ptr::null_mut(),
+            pg_sys::CurrentResourceOwner,
+            std::ptr::null_mut(),
+        );
         let list = (*plan).stmt_list;
         if list.is_null() || (*list).length != 1 {
-            pgrx::error!("pg_realtime: the visibility check planned to {} statements", if list.is_null() { 0 } else { (*list).length });
+            pgrx::error!(
+                "pg_realtime: the visibility check planned to {} statements",
+                if list.is_null() { 0 } else { (*list).length }
+            );
         }
         let mut stmt = (*(*list).elements).ptr_value as *mut pg_sys::PlannedStmt;
         let mut rescan = None;
+        // SAFETY: every_plan hands out only non-null nodes of the statement's plan tree.
         if every_plan(stmt, |p| unsafe { rescannable(p) }) {
             stmt = pg_sys::copyObjectImpl(stmt.cast()).cast();
             let param = param_count(stmt);
             (*stmt).paramExecTypes = pg_sys::lappend_oid((*stmt).paramExecTypes, pg_sys::INT4OID);
+            // SAFETY: non-null nodes of our private copy (the cached plan is not touched); the
+            // enlarged sets are allocated in the current context, which outlives the value.
             every_plan(stmt, |p| unsafe {
                 (*p).extParam = pg_sys::bms_add_member((*p).extParam, param);
                 (*p).allParam = pg_sys::bms_add_member((*p).allParam, param);
@@ -70,8 +81,18 @@ impl Runs {
             pgrx::debug1!("pg_realtime: the visibility check plan cannot be rescanned; one executor per group");
         }
         let params = pg_sys::makeParamList(types.len() as c_int);
-        for (slot, ty) in (*params).params.as_mut_slice(types.len()).iter_mut().zip(types) {
-            *slot = pg_sys::ParamExternData { value: pg_sys::Datum::from(0), isnull: true, pflags: 0, ptype: *ty };
+        for (slot, ty) in (*params)
+            .params
+            .as_mut_slice(types.len())
+            .iter_mut()
+            .zip(types)
+        {
+            *slot = pg_sys::ParamExternData {
+                value: pg_sys::Datum::from(0),
+                isnull: true,
+                pflags: 0,
+                ptype: *ty,
+            };
         }
         let receiver = pg_sys::palloc0(std::mem::size_of::<Receiver>()) as *mut Receiver;
         (*receiver).base = pg_sys::DestReceiver {
@@ -119,7 +140,12 @@ impl Runs {
         }
         let mut ords = HashSet::new();
         (*self.receiver).ords = &mut ords;
-        pg_sys::ExecutorRun(self.query, pg_sys::ScanDirection::ForwardScanDirection, 0, false);
+        pg_sys::ExecutorRun(
+            self.query,
+            pg_sys::ScanDirection::ForwardScanDirection,
+            0,
+            false,
+        );
         (*self.receiver).ords = std::ptr::null_mut();
         ords
     }
@@ -169,7 +195,10 @@ unsafe fn param_count(stmt: *mut pg_sys::PlannedStmt) -> c_int {
 }
 
 /// Calls `f` on every plan node of `stmt` (main tree and subplans) while it returns true.
-unsafe fn every_plan(stmt: *mut pg_sys::PlannedStmt, mut f: impl FnMut(*mut pg_sys::Plan) -> bool) -> bool {
+unsafe fn every_plan(
+    stmt: *mut pg_sys::PlannedStmt,
+    mut f: impl FnMut(*mut pg_sys::Plan) -> bool,
+) -> bool {
     let mut stack = vec![(*stmt).planTree];
     stack.extend(list_ptrs::<pg_sys::Plan>((*stmt).subplans));
     while let Some(plan) = stack.pop() {
@@ -182,13 +211,21 @@ unsafe fn every_plan(stmt: *mut pg_sys::PlannedStmt, mut f: impl FnMut(*mut pg_s
         stack.push((*plan).lefttree);
         stack.push((*plan).righttree);
         match (*plan).type_ {
-            pg_sys::NodeTag::T_Append => stack.extend(list_ptrs((*(plan as *mut pg_sys::Append)).appendplans)),
+            pg_sys::NodeTag::T_Append => {
+                stack.extend(list_ptrs((*(plan as *mut pg_sys::Append)).appendplans))
+            }
             pg_sys::NodeTag::T_MergeAppend => {
                 stack.extend(list_ptrs((*(plan as *mut pg_sys::MergeAppend)).mergeplans))
             }
-            pg_sys::NodeTag::T_BitmapAnd => stack.extend(list_ptrs((*(plan as *mut pg_sys::BitmapAnd)).bitmapplans)),
-            pg_sys::NodeTag::T_BitmapOr => stack.extend(list_ptrs((*(plan as *mut pg_sys::BitmapOr)).bitmapplans)),
-            pg_sys::NodeTag::T_SubqueryScan => stack.push((*(plan as *mut pg_sys::SubqueryScan)).subplan),
+            pg_sys::NodeTag::T_BitmapAnd => {
+                stack.extend(list_ptrs((*(plan as *mut pg_sys::BitmapAnd)).bitmapplans))
+            }
+            pg_sys::NodeTag::T_BitmapOr => {
+                stack.extend(list_ptrs((*(plan as *mut pg_sys::BitmapOr)).bitmapplans))
+            }
+            pg_sys::NodeTag::T_SubqueryScan => {
+                stack.push((*(plan as *mut pg_sys::SubqueryScan)).subplan)
+            }
             _ => {}
         }
     }
@@ -202,11 +239,14 @@ unsafe fn rescannable(plan: *mut pg_sys::Plan) -> bool {
     use pg_sys::NodeTag::*;
     match (*plan).type_ {
         T_Append => (*(plan as *mut pg_sys::Append)).part_prune_info.is_null(),
-        T_MergeAppend => (*(plan as *mut pg_sys::MergeAppend)).part_prune_info.is_null(),
-        T_Result | T_ProjectSet | T_BitmapAnd | T_BitmapOr | T_SeqScan | T_IndexScan | T_IndexOnlyScan
-        | T_BitmapIndexScan | T_BitmapHeapScan | T_TidScan | T_TidRangeScan | T_SubqueryScan | T_FunctionScan
-        | T_ValuesScan | T_CteScan | T_NestLoop | T_MergeJoin | T_HashJoin | T_Material | T_Memoize | T_Sort
-        | T_IncrementalSort | T_Group | T_Agg | T_WindowAgg | T_Unique | T_Hash | T_SetOp | T_Limit => true,
+        T_MergeAppend => (*(plan as *mut pg_sys::MergeAppend))
+            .part_prune_info
+            .is_null(),
+        T_Result | T_ProjectSet | T_BitmapAnd | T_BitmapOr | T_SeqScan | T_IndexScan
+        | T_IndexOnlyScan | T_BitmapIndexScan | T_BitmapHeapScan | T_TidScan | T_TidRangeScan
+        | T_SubqueryScan | T_FunctionScan | T_ValuesScan | T_CteScan | T_NestLoop | T_MergeJoin
+        | T_HashJoin | T_Material | T_Memoize | T_Sort | T_IncrementalSort | T_Group | T_Agg
+        | T_WindowAgg | T_Unique | T_Hash | T_SetOp | T_Limit => true,
         _ => false,
     }
 }
@@ -215,7 +255,10 @@ unsafe fn list_ptrs<T>(list: *mut pg_sys::List) -> Vec<*mut T> {
     if list.is_null() {
         return Vec::new();
     }
-    (0..(*list).length as usize).map(|i| unsafe { (*(*list).elements.add(i)).ptr_value.cast() }).collect()
+    // SAFETY: `list` is non-null, `i` is below its length, and the caller's list holds pointers.
+    (0..(*list).length as usize)
+        .map(|i| unsafe { (*(*list).elements.add(i)).ptr_value.cast() })
+        .collect()
 }
 
 /// Collects the first column (`int8`) of every row into `ords`.
@@ -226,7 +269,10 @@ struct Receiver {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn receive(slot: *mut pg_sys::TupleTableSlot, me: *mut pg_sys::DestReceiver) -> bool {
+unsafe extern "C-unwind" fn receive(
+    slot: *mut pg_sys::TupleTableSlot,
+    me: *mut pg_sys::DestReceiver,
+) -> bool {
     let me = me as *mut Receiver;
     if (*slot).tts_nvalid < 1 {
         pg_sys::slot_getsomeattrs_int(slot, 1);
@@ -238,7 +284,12 @@ unsafe extern "C-unwind" fn receive(slot: *mut pg_sys::TupleTableSlot, me: *mut 
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn startup(_me: *mut pg_sys::DestReceiver, _operation: c_int, _desc: pg_sys::TupleDesc) {}
+unsafe extern "C-unwind" fn startup(
+    _me: *mut pg_sys::DestReceiver,
+    _operation: c_int,
+    _desc: pg_sys::TupleDesc,
+) {
+}
 
 #[pg_guard]
 unsafe extern "C-unwind" fn shutdown(_me: *mut pg_sys::DestReceiver) {}

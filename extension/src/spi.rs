@@ -63,6 +63,9 @@ impl Row {
     /// Column `n` (1-based), converted; None for NULL.
     pub fn get<T: FromDatum>(&self, n: c_int) -> Option<T> {
         let mut isnull = false;
+        // SAFETY: a Row is only lent to `run`'s callback, while its tuple and descriptor are the
+        // current SPI result's; a column number out of range comes back as NULL. `T` must be the
+        // column's type: not checked here, every caller reads a kept query whose SQL fixes it.
         unsafe {
             let datum = pg_sys::SPI_getbinval(self.tuple, self.desc, n, &mut isnull);
             T::from_datum(datum, isnull)
@@ -72,6 +75,8 @@ impl Row {
     /// Column `n` as a datum copied out of SPI into the caller's memory context (varlena types).
     pub fn transfer(&self, n: c_int) -> Option<pg_sys::Datum> {
         let mut isnull = false;
+        // SAFETY: tuple and descriptor are valid as in `get`. The column must be of a varlena
+        // type (typByVal false, typLen -1): not checked here, the one caller reads arrays.
         unsafe {
             let datum = pg_sys::SPI_getbinval(self.tuple, self.desc, n, &mut isnull);
             (!isnull).then(|| pg_sys::SPI_datumTransfer(datum, false, -1))
@@ -80,10 +85,12 @@ impl Row {
 
     /// The type of column `n`.
     pub fn type_of(&self, n: c_int) -> pg_sys::Oid {
+        // SAFETY: the descriptor is valid as in `get`; an out-of-range `n` yields InvalidOid.
         unsafe { pg_sys::SPI_gettypeid(self.desc, n) }
     }
 
     pub fn columns(&self) -> c_int {
+        // SAFETY: the descriptor is valid as in `get`.
         unsafe { (*self.desc).natts }
     }
 }
@@ -101,8 +108,14 @@ pub unsafe fn run(
     mut each: impl FnMut(&Row),
 ) {
     let plan = kept(sql, types);
-    let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.unwrap_or(pg_sys::Datum::from(0))).collect();
-    let mut nulls: Vec<c_char> = args.iter().map(|a| if a.is_some() { b' ' } else { b'n' } as c_char).collect();
+    let mut values: Vec<pg_sys::Datum> = args
+        .iter()
+        .map(|a| a.unwrap_or(pg_sys::Datum::from(0)))
+        .collect();
+    let mut nulls: Vec<c_char> = args
+        .iter()
+        .map(|a| if a.is_some() { b' ' } else { b'n' } as c_char)
+        .collect();
     let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_mut_ptr(), read_only, 0);
     if rc < 0 {
         pgrx::error!("pg_realtime: a routing query failed ({rc}): {sql}");
@@ -112,6 +125,9 @@ pub unsafe fn run(
         return;
     }
     for i in 0..pg_sys::SPI_processed as usize {
-        each(&Row { tuple: *(*table).vals.add(i), desc: (*table).tupdesc });
+        each(&Row {
+            tuple: *(*table).vals.add(i),
+            desc: (*table).tupdesc,
+        });
     }
 }
