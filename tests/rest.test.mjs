@@ -1,7 +1,7 @@
-// REST broadcast endpoints (PROTOCOL.md §8) against the real stack: realtime-js `httpSend` and the
-// `send()` REST fallback, then raw fetch for every refusal. Deliveries go through Postgres, so a
-// second sidecar on the same database delivers them too. Leak checks put a barrier message after
-// the one that must not arrive and then assert the exact inbox.
+// REST broadcast endpoints (docs/protocol.md §8) against the real stack: realtime-js `httpSend`
+// and the `send()` REST fallback, then raw fetch for every refusal. Deliveries go through
+// Postgres, so a second sidecar on the same database delivers them too. Leak checks put a barrier
+// message after the one that must not arrive and then assert the exact inbox.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';

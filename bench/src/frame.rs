@@ -1,6 +1,6 @@
-//! Supabase Realtime v2 binary user broadcast frames (PROTOCOL.md §1.7): kind 3, what a client
-//! pushes, and kind 4, what subscribers receive; and the tiny payload scanner the load generator
-//! uses to read the producer's `t`/`n`/`s` fields.
+//! Supabase Realtime v2 binary user broadcast frames (docs/protocol.md §1.7): kind 3, what a
+//! client pushes, and kind 4, what subscribers receive; and the tiny payload scanner the load
+//! generator uses to read the producer's `t`/`n`/`s` fields.
 
 /// `03 join_ref_len ref_len topic_len event_len meta_len enc | join_ref | ref | topic | event |
 /// meta | payload`, JSON-encoded, no metadata.

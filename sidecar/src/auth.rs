@@ -1,7 +1,7 @@
 //! JWT verification for connection tokens (`x-api-key` / `apikey`) and channel access tokens.
 //!
 //! Rules (Supabase Realtime `JwtVerification` and `ChannelsAuthorization.authorize_conn`,
-//! PROTOCOL.md §1.3, §3.5):
+//! docs/protocol.md §1.3, §3.5):
 //! * the raw token is URL-decoded, then all whitespace is removed;
 //! * it must be a compact JWS: `header.claims.signature`, each part unpadded base64url, header
 //!   and claims JSON objects;

@@ -1,5 +1,5 @@
 //! Postgres Changes on the sidecar side: subscriptions in the database (`realtime._subscribe`),
-//! delivery of the changes the database routed to this sidecar (PROTOCOL.md §6).
+//! delivery of the changes the database routed to this sidecar (docs/protocol.md §6).
 //!
 //! Ownership and invariants:
 //! * The database decides who sees what (filters, column privileges, RLS; extension/src/changes.rs)

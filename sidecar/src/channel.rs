@@ -1,4 +1,4 @@
-//! Per-connection channel table and the rules for reading a `phx_join` (PROTOCOL.md §3).
+//! Per-connection channel table and the rules for reading a `phx_join` (docs/protocol.md §3).
 //!
 //! Invariants:
 //! * At most one channel instance per Phoenix topic per connection; a second join replaces the

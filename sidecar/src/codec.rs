@@ -1,5 +1,5 @@
 //! Phoenix serializers v1 (JSON objects) and v2 (JSON arrays + binary kinds 3 in / 4 out), as
-//! specified in PROTOCOL.md §1.5–1.7, §4.4–4.5.
+//! specified in docs/protocol.md §1.5–1.7, §4.4–4.5.
 //!
 //! Invariants:
 //! * Decoding never panics and never trusts a length field: every binary slice is bounds-checked
@@ -31,6 +31,16 @@ pub enum Vsn {
 pub enum Frame {
     Text(Utf8Bytes),
     Binary(Bytes),
+}
+
+impl Frame {
+    /// Bytes of the encoded message (what it holds while queued).
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(t) => t.as_str().len(),
+            Frame::Binary(b) => b.len(),
+        }
+    }
 }
 
 impl From<Frame> for Message {
@@ -472,7 +482,7 @@ mod tests {
 
     #[test]
     fn decodes_observed_kind3_frames() {
-        // PROTOCOL.md §1.7, captured from realtime-js 2.119.1.
+        // docs/protocol.md §1.7, captured from realtime-js 2.119.1.
         let json_frame = Bytes::from_static(&[
             0x03, 0x01, 0x02, 0x0e, 0x06, 0x00, 0x01, 0x36, 0x31, 0x30, 0x72, 0x65, 0x61, 0x6c,
             0x74, 0x69, 0x6d, 0x65, 0x3a, 0x72, 0x6f, 0x6f, 0x6d, 0x31, 0x63, 0x75, 0x72, 0x73,

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::fanout::QueueLimits;
+
 #[derive(Parser, Clone)]
 #[command(name = "pg-realtime-sidecar", version, about)]
 pub struct Config {
@@ -120,6 +122,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub client_queue_frames: u32,
 
+    /// Bytes a connection may have waiting to be sent (queued frames and join refusals waiting
+    /// for `CHANNEL_ERROR_BACKOFF_MS`) before it is closed as too slow (4001). A frame shared
+    /// by many connections counts against each; one larger than this is still sent to a
+    /// connection that has nothing else waiting.
+    #[arg(long, env = "CLIENT_QUEUE_BYTES", default_value_t = 16 << 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_queue_bytes: u32,
+
     /// Channels one connection may have joined at once.
     #[arg(long, env = "MAX_CHANNELS_PER_CLIENT", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -213,6 +223,13 @@ impl Config {
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
     }
+
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            frames: self.client_queue_frames as usize,
+            bytes: self.client_queue_bytes as usize,
+        }
+    }
 }
 
 /// A role name: not blank (a stray comma in `ALLOWED_ROLES` must not allow the empty role).
@@ -253,6 +270,7 @@ mod tests {
         assert_eq!(c.poll_batch, 2000);
         assert_eq!(c.poll_linger_ms, 1);
         assert_eq!(c.client_queue_frames, 1024);
+        assert_eq!(c.client_queue_bytes, 16 * 1024 * 1024);
         assert_eq!(c.max_channels_per_client, 100);
         assert_eq!(c.allowed_roles, ["anon", "authenticated", "service_role"]);
         assert_eq!((c.max_topic_bytes, c.max_event_bytes), (255, 255));

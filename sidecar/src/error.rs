@@ -2,8 +2,8 @@
 //! code the server sends is defined here and nowhere else.
 //!
 //! Invariants:
-//! * Texts are byte-for-byte those of Supabase Realtime (`/work/shared/PROTOCOL.md` §1.3, §3.5,
-//!   §7.1): clients and dashboards match on them.
+//! * Texts are byte-for-byte those of Supabase Realtime (docs/protocol.md §1.3, §3.5, §7.1)
+//!   where it has one: clients and dashboards match on them.
 //! * Connect errors become an HTTP refusal `{"error": msg}` (the client never reads the body, but
 //!   operators and tests do); join errors become a `phx_reply` `reason`; channel shutdowns a
 //!   `system` message followed by `phx_close`; socket-level failures a close code.
@@ -22,7 +22,7 @@ use thiserror::Error;
 pub const UNMATCHED_TOPIC: &str = "unmatched topic";
 
 /// Ack `response` (a bare JSON string, as Phoenix encodes the atom) for a broadcast over
-/// `MAX_PAYLOAD_BYTES` (PROTOCOL.md §4.3).
+/// `MAX_PAYLOAD_BYTES` (docs/protocol.md §4.3).
 pub const PAYLOAD_SIZE_EXCEEDED: &str = "payload_size_exceeded";
 
 /// The database cannot be reached (join reasons and `system` messages quote it).
@@ -31,7 +31,7 @@ pub const UNABLE_TO_CONNECT: &str = "Realtime was unable to connect to the proje
 /// `system` message once a channel's Postgres Changes subscriptions are live (§6.3).
 pub const SUBSCRIBED_TO_POSTGRES: &str = "Subscribed to PostgreSQL";
 
-/// Presence (PROTOCOL.md §5.1, §5.5): the error reply to a `track` whose payload is not an
+/// Presence (docs/protocol.md §5.1, §5.5): the error reply to a `track` whose payload is not an
 /// object, and the messages that close a channel over a presence limit.
 pub const PRESENCE_NOT_A_MAP: &str = "Presence track payload must be a map";
 pub const PRESENCE_RATE_LIMITED: &str = "Client presence rate limit exceeded";
@@ -260,7 +260,7 @@ pub fn write_denied(sub_topic: &str) -> String {
     format!("Unauthorized: You do not have permissions to write to this Channel topic: {sub_topic}")
 }
 
-/// A `postgres_changes` binding that cannot be subscribed (PROTOCOL.md §6.1–§6.3, §10.3).
+/// A `postgres_changes` binding that cannot be subscribed (docs/protocol.md §6.1–§6.3, §10.3).
 /// `Display` is the `message` of the `system` error; texts are Supabase's where it has one.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FilterError {
@@ -347,9 +347,9 @@ pub fn field_too_long(max: usize) -> String {
     format!("should be at most {max} byte(s)")
 }
 
-/// Refusal of a REST broadcast request (PROTOCOL.md §8). Bodies: 415 `{"error": msg}` (Realtime's
-/// content-type plug), 422 `{"errors": {field: [msg, ...]}}` (Realtime's changeset errors, with
-/// the `FIELD_*` messages), every other status `{"message": msg}`.
+/// Refusal of a REST broadcast request (docs/protocol.md §8). Bodies: 415 `{"error": msg}`
+/// (Realtime's content-type plug), 422 `{"errors": {field: [msg, ...]}}` (Realtime's changeset
+/// errors, with the `FIELD_*` messages), every other status `{"message": msg}`.
 #[derive(Debug, Error)]
 pub enum RestError {
     /// No token, or one that does not verify.
@@ -477,8 +477,8 @@ pub enum CloseReason {
     ServerShutdown,
     /// No inbound frame for 60 s (Phoenix's websocket timeout; the client heartbeats every 25 s).
     IdleTimeout,
-    /// The connection's bounded outbound queue was full: it cannot keep up and must not slow
-    /// anyone else down.
+    /// The connection's bounded outbound queue was full (`CLIENT_QUEUE_FRAMES` frames or
+    /// `CLIENT_QUEUE_BYTES` bytes): it cannot keep up and must not slow anyone else down.
     SlowClient,
     /// A message over `MAX_FRAME_BYTES`.
     MessageTooBig,
@@ -489,6 +489,10 @@ pub enum CloseReason {
     /// More refused joins waiting for their reply than `MAX_PENDING_JOIN_ERRORS`: a client in
     /// a join loop, whose replies must not pile up in memory.
     TooManyJoinErrors,
+    /// A `ref` or `join_ref` longer than `validate::MAX_REF_BYTES`. Replies echo refs, so long
+    /// ones would make the server hold and send back what the client sent; a reply carrying a
+    /// shortened ref would match no push, so the connection is closed instead.
+    RefTooLong,
 }
 
 impl CloseReason {
@@ -497,6 +501,7 @@ impl CloseReason {
             CloseReason::ClientClosed | CloseReason::IdleTimeout => 1000,
             CloseReason::ServerShutdown => 1001,
             CloseReason::ReadFailed => 1002,
+            CloseReason::RefTooLong => 1008,
             CloseReason::MessageTooBig => 1009,
             CloseReason::WriteFailed => 1011,
             CloseReason::SlowClient => 4001,
@@ -514,6 +519,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => "message too big",
             CloseReason::WriteFailed => "write error",
             CloseReason::TooManyJoinErrors => "too many refused joins pending",
+            CloseReason::RefTooLong => "ref or join_ref longer than 64 bytes",
         }
     }
 }
@@ -521,6 +527,27 @@ impl CloseReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_texts_fit_a_close_frame_and_state_the_ref_limit() {
+        let all = [
+            CloseReason::ClientClosed,
+            CloseReason::ServerShutdown,
+            CloseReason::IdleTimeout,
+            CloseReason::SlowClient,
+            CloseReason::MessageTooBig,
+            CloseReason::ReadFailed,
+            CloseReason::WriteFailed,
+            CloseReason::TooManyJoinErrors,
+            CloseReason::RefTooLong,
+        ];
+        for reason in all {
+            assert!(reason.text().len() <= 123, "{reason:?}");
+        }
+        let limit = format!(" {} bytes", crate::validate::MAX_REF_BYTES);
+        assert!(CloseReason::RefTooLong.text().ends_with(&limit));
+        assert_eq!(CloseReason::RefTooLong.code(), 1008);
+    }
 
     #[test]
     fn join_reasons_match_realtime() {

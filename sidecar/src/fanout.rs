@@ -2,8 +2,9 @@
 //!
 //! Ownership and lifecycle:
 //! * Each WebSocket owns one [`ConnHandle`]: a *bounded* queue of encoded frames (drained by the
-//!   connection's writer) and a kill token (a child of the server's shutdown token). The handle
-//!   is shared with the registry for as long as the connection has channels joined.
+//!   connection's writer through its [`Outbox`]) and a kill token (a child of the server's
+//!   shutdown token). The handle is shared with the registry for as long as the connection has
+//!   channels joined.
 //! * [`Registry`] maps a (sub-topic, private) key to the channel instances subscribed to it.
 //!   Public and private channels of the same name are separate keys, so they never see each
 //!   other's messages. Subscriptions are added before a join is acknowledged and removed by the
@@ -12,13 +13,22 @@
 //! Invariants:
 //! * [`Registry::publish`] never blocks and never awaits: it serializes the message at most once
 //!   per serializer for the whole topic and hands every subscriber a clone of the same bytes.
-//! * A subscriber whose queue is full is closed with [`CloseReason::SlowClient`] instead of being
-//!   waited for, so one slow reader never delays anyone else.
+//! * What a connection makes the server hold is bounded twice: in frames (`CLIENT_QUEUE_FRAMES`)
+//!   and in bytes (`CLIENT_QUEUE_BYTES`). Every frame's length counts against the budget of each
+//!   connection it is queued for, even when the bytes are shared, because each queue keeps them
+//!   alive; the bytes are released when the writer takes the frame. Counting is one atomic add
+//!   and one subtract per frame. A frame is accepted whatever its size when the connection holds
+//!   nothing, so a message larger than the budget still reaches a client that keeps up; a
+//!   connection thus holds at most its budget or one frame, whichever is larger, plus the frame
+//!   its writer is sending.
+//! * A subscriber whose queue is full, in frames or in bytes, is closed with
+//!   [`CloseReason::SlowClient`] instead of being waited for, so one slow reader never delays
+//!   anyone else.
 //! * The registry lock is a plain `RwLock` held only for map operations and non-blocking
 //!   `try_send`s.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use flume::TrySendError;
@@ -27,48 +37,117 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{self, Broadcast, Frame, Vsn};
 use crate::error::CloseReason;
 
+/// How much one connection may have waiting to be sent.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Frames in the queue (`CLIENT_QUEUE_FRAMES`).
+    pub frames: usize,
+    /// Bytes charged and not yet taken by the writer (`CLIENT_QUEUE_BYTES`).
+    pub bytes: usize,
+}
+
 /// The sending side of one WebSocket connection.
 pub struct ConnHandle {
     pub id: u64,
     pub vsn: Vsn,
     tx: flume::Sender<Frame>,
+    /// Bytes charged against `budget` and not yet taken by the writer (shared with the
+    /// [`Outbox`]). Relaxed ordering suffices: a frame's charge is sequenced before its send
+    /// and the channel orders the send before the receive that releases it, so the counter
+    /// never goes below what is held.
+    held: Arc<AtomicUsize>,
+    budget: usize,
     kill: CancellationToken,
     reason: OnceLock<CloseReason>,
 }
 
+/// The receiving side of a connection's queue, drained by its writer: taking a frame releases
+/// its bytes from the connection's budget.
+pub struct Outbox {
+    rx: flume::Receiver<Frame>,
+    held: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    /// The next frame; `None` once every sender is gone.
+    pub async fn recv(&self) -> Option<Frame> {
+        self.rx.recv_async().await.ok().map(|f| self.taken(f))
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&self) -> Option<Frame> {
+        self.rx.try_recv().ok().map(|f| self.taken(f))
+    }
+
+    fn taken(&self, frame: Frame) -> Frame {
+        self.held.fetch_sub(frame.len(), Ordering::Relaxed);
+        frame
+    }
+}
+
 impl ConnHandle {
-    /// Returns the handle and the receiver its writer drains. `parent` cancellation (server
+    /// Returns the handle and the outbox its writer drains. `parent` cancellation (server
     /// shutdown) also kills the connection.
     pub fn new(
         id: u64,
         vsn: Vsn,
-        capacity: usize,
+        limits: QueueLimits,
         parent: &CancellationToken,
-    ) -> (Arc<Self>, flume::Receiver<Frame>) {
-        let (tx, rx) = flume::bounded(capacity);
+    ) -> (Arc<Self>, Outbox) {
+        let (tx, rx) = flume::bounded(limits.frames);
+        let held = Arc::new(AtomicUsize::new(0));
         let handle = ConnHandle {
             id,
             vsn,
             tx,
+            held: held.clone(),
+            budget: limits.bytes,
             kill: parent.child_token(),
             reason: OnceLock::new(),
         };
-        (Arc::new(handle), rx)
+        (Arc::new(handle), Outbox { rx, held })
     }
 
-    /// Queue a frame without waiting. A full queue closes the connection as too slow.
+    /// Queue a frame without waiting. A full queue (in frames or bytes) closes the connection
+    /// as too slow.
     pub fn push(&self, frame: Frame) -> bool {
+        self.charge(frame.len()) && self.push_charged(frame)
+    }
+
+    /// Count `len` bytes against the connection's budget before holding them, for a frame to
+    /// be queued now or kept to be queued later ([`ConnHandle::push_charged`]). Over the budget
+    /// the connection is closed as too slow and nothing is counted. Accepted whatever its size
+    /// when nothing is held.
+    pub fn charge(&self, len: usize) -> bool {
+        let held = self.held.fetch_add(len, Ordering::Relaxed);
+        if held == 0 || held.saturating_add(len) <= self.budget {
+            return true;
+        }
+        self.held.fetch_sub(len, Ordering::Relaxed);
+        self.close_slow("outbound bytes over CLIENT_QUEUE_BYTES");
+        false
+    }
+
+    /// Queue a frame whose bytes [`ConnHandle::charge`] already counted, without waiting.
+    pub fn push_charged(&self, frame: Frame) -> bool {
+        let len = frame.len();
         match self.tx.try_send(frame) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                if !self.kill.is_cancelled() {
-                    tracing::warn!(conn = self.id, "outbound queue full, closing slow client");
+            Err(err) => {
+                self.held.fetch_sub(len, Ordering::Relaxed);
+                if let TrySendError::Full(_) = err {
+                    self.close_slow("outbound queue over CLIENT_QUEUE_FRAMES");
                 }
-                self.close(CloseReason::SlowClient);
                 false
             }
-            Err(TrySendError::Disconnected(_)) => false,
         }
+    }
+
+    fn close_slow(&self, why: &'static str) {
+        if !self.kill.is_cancelled() {
+            tracing::warn!(conn = self.id, why, "closing slow client");
+        }
+        self.close(CloseReason::SlowClient);
     }
 
     /// Ask the connection to close; the first reason wins.
@@ -173,6 +252,17 @@ impl Registry {
 }
 
 #[cfg(test)]
+impl QueueLimits {
+    /// A queue bounded in frames only.
+    pub fn frames(frames: usize) -> Self {
+        QueueLimits {
+            frames,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use serde_json::value::RawValue;
 
@@ -189,13 +279,21 @@ mod tests {
         }
     }
 
+    fn binary(len: usize) -> Frame {
+        Frame::Binary(bytes::Bytes::from(vec![0u8; len]))
+    }
+
+    fn held(conn: &ConnHandle) -> usize {
+        conn.held.load(Ordering::Relaxed)
+    }
+
     #[test]
     fn publishes_to_matching_namespace_and_excludes_sender() {
         let root = CancellationToken::new();
         let reg = Registry::default();
-        let (a, rx_a) = ConnHandle::new(1, Vsn::V2, 8, &root);
-        let (b, rx_b) = ConnHandle::new(2, Vsn::V1, 8, &root);
-        let (c, rx_c) = ConnHandle::new(3, Vsn::V2, 8, &root);
+        let (a, rx_a) = ConnHandle::new(1, Vsn::V2, QueueLimits::frames(8), &root);
+        let (b, rx_b) = ConnHandle::new(2, Vsn::V1, QueueLimits::frames(8), &root);
+        let (c, rx_c) = ConnHandle::new(3, Vsn::V2, QueueLimits::frames(8), &root);
         let sa = reg.subscribe(key("room", false), a);
         reg.subscribe(key("room", false), b);
         let sc = reg.subscribe(key("room", true), c);
@@ -204,15 +302,15 @@ mod tests {
             reg.publish(&key("room", false), &json(r#"{"x":1}"#), Some(sa)),
             1
         );
-        assert!(rx_a.try_recv().is_err());
-        assert!(matches!(rx_b.try_recv(), Ok(Frame::Text(_))));
+        assert!(rx_a.try_recv().is_none());
+        assert!(matches!(rx_b.try_recv(), Some(Frame::Text(_))));
         assert!(
-            rx_c.try_recv().is_err(),
+            rx_c.try_recv().is_none(),
             "private subscriber must not see public messages"
         );
 
         assert_eq!(reg.publish(&key("room", true), &json("{}"), None), 1);
-        assert!(rx_c.try_recv().is_ok());
+        assert!(rx_c.try_recv().is_some());
         reg.unsubscribe(&key("room", true), sc);
         assert_eq!(reg.publish(&key("room", true), &json("{}"), None), 0);
         assert_eq!(reg.publish(&key("nobody", false), &json("{}"), None), 0);
@@ -222,8 +320,8 @@ mod tests {
     fn full_queue_closes_only_the_slow_client() {
         let root = CancellationToken::new();
         let reg = Registry::default();
-        let (slow, _rx_slow) = ConnHandle::new(1, Vsn::V2, 1, &root);
-        let (fast, rx_fast) = ConnHandle::new(2, Vsn::V2, 8, &root);
+        let (slow, _rx_slow) = ConnHandle::new(1, Vsn::V2, QueueLimits::frames(1), &root);
+        let (fast, rx_fast) = ConnHandle::new(2, Vsn::V2, QueueLimits::frames(8), &root);
         reg.subscribe(key("t", false), slow.clone());
         reg.subscribe(key("t", false), fast.clone());
         reg.publish(&key("t", false), &json("{}"), None);
@@ -232,15 +330,138 @@ mod tests {
         assert_eq!(slow.close_reason(), CloseReason::SlowClient);
         assert!(!fast.kill_token().is_cancelled());
         assert_eq!(
-            (rx_fast.try_recv().is_ok(), rx_fast.try_recv().is_ok()),
+            (rx_fast.try_recv().is_some(), rx_fast.try_recv().is_some()),
             (true, true)
+        );
+    }
+
+    #[test]
+    fn bytes_are_held_until_the_writer_takes_them() {
+        let root = CancellationToken::new();
+        let limits = QueueLimits {
+            frames: 8,
+            bytes: 100,
+        };
+        let (conn, outbox) = ConnHandle::new(1, Vsn::V2, limits, &root);
+        assert!(conn.push(binary(60)));
+        assert!(conn.push(binary(40)));
+        assert_eq!(held(&conn), 100, "exactly the budget is allowed");
+        assert_eq!(outbox.try_recv().map(|f| f.len()), Some(60));
+        assert_eq!(held(&conn), 40);
+        assert!(conn.push(binary(60)));
+        assert_eq!(outbox.try_recv().map(|f| f.len()), Some(40));
+        assert_eq!(outbox.try_recv().map(|f| f.len()), Some(60));
+        assert_eq!(held(&conn), 0);
+        assert!(!conn.kill_token().is_cancelled());
+    }
+
+    #[test]
+    fn over_budget_closes_as_slow_and_counts_nothing() {
+        let root = CancellationToken::new();
+        let limits = QueueLimits {
+            frames: 8,
+            bytes: 100,
+        };
+        let (conn, outbox) = ConnHandle::new(1, Vsn::V2, limits, &root);
+        assert!(conn.push(binary(60)));
+        assert!(!conn.push(binary(41)));
+        assert_eq!(conn.close_reason(), CloseReason::SlowClient);
+        assert_eq!(held(&conn), 60, "the refused frame is not counted");
+        assert_eq!(outbox.try_recv().map(|f| f.len()), Some(60));
+        assert!(outbox.try_recv().is_none());
+        assert_eq!(held(&conn), 0);
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_budget_passes_an_empty_queue_only() {
+        let root = CancellationToken::new();
+        let limits = QueueLimits {
+            frames: 8,
+            bytes: 100,
+        };
+        let (conn, outbox) = ConnHandle::new(1, Vsn::V2, limits, &root);
+        assert!(conn.push(binary(1000)), "nothing held: a large frame goes");
+        assert_eq!(outbox.try_recv().map(|f| f.len()), Some(1000));
+        assert!(conn.push(binary(1000)), "again, once the writer took it");
+        assert!(
+            !conn.push(binary(1)),
+            "anything more waits on a client that does not read"
+        );
+        assert_eq!(conn.close_reason(), CloseReason::SlowClient);
+    }
+
+    #[test]
+    fn shared_frames_count_against_each_queue() {
+        let root = CancellationToken::new();
+        let reg = Registry::default();
+        let limits = QueueLimits {
+            frames: 8,
+            bytes: 250,
+        };
+        let (reader, rx_reader) = ConnHandle::new(1, Vsn::V2, limits, &root);
+        let (idle, _rx_idle) = ConnHandle::new(2, Vsn::V2, limits, &root);
+        reg.subscribe(key("t", false), reader.clone());
+        reg.subscribe(key("t", false), idle.clone());
+        let payload = format!(r#"{{"s":"{}"}}"#, "x".repeat(80));
+        let len = codec::encode_broadcast(Vsn::V2, "realtime:t", &json(&payload))
+            .expect("frame")
+            .len();
+        assert!(len > 250 / 3 && len <= 250 / 2, "{len}");
+        for _ in 0..2 {
+            assert_eq!(reg.publish(&key("t", false), &json(&payload), None), 2);
+            assert!(rx_reader.try_recv().is_some());
+        }
+        assert_eq!((held(&reader), held(&idle)), (0, 2 * len));
+        // The third frame is over the idle connection's budget only.
+        assert_eq!(reg.publish(&key("t", false), &json(&payload), None), 1);
+        assert_eq!(idle.close_reason(), CloseReason::SlowClient);
+        assert!(!reader.kill_token().is_cancelled());
+        assert!(rx_reader.try_recv().is_some());
+    }
+
+    #[test]
+    fn frames_kept_for_later_are_charged_once() {
+        let root = CancellationToken::new();
+        let limits = QueueLimits {
+            frames: 8,
+            bytes: 100,
+        };
+        let (conn, outbox) = ConnHandle::new(1, Vsn::V2, limits, &root);
+        assert!(conn.charge(70), "a reply kept for later");
+        assert!(conn.push(binary(30)));
+        assert!(
+            conn.push_charged(binary(70)),
+            "queued later, not counted again"
+        );
+        assert_eq!(held(&conn), 100);
+        assert_eq!(outbox.try_recv().map(|f| f.len()), Some(30));
+        assert_eq!(outbox.try_recv().map(|f| f.len()), Some(70));
+        assert_eq!(held(&conn), 0);
+        assert!(!conn.kill_token().is_cancelled());
+
+        let (conn, _outbox) = ConnHandle::new(2, Vsn::V2, limits, &root);
+        assert!(conn.charge(70));
+        assert!(!conn.push(binary(31)), "the kept bytes count");
+        assert_eq!(conn.close_reason(), CloseReason::SlowClient);
+    }
+
+    #[test]
+    fn a_closed_outbox_releases_what_could_not_be_queued() {
+        let root = CancellationToken::new();
+        let (conn, outbox) = ConnHandle::new(1, Vsn::V2, QueueLimits::frames(8), &root);
+        drop(outbox);
+        assert!(!conn.push(binary(10)));
+        assert_eq!(held(&conn), 0);
+        assert!(
+            !conn.kill_token().is_cancelled(),
+            "a gone writer is not a slow client"
         );
     }
 
     #[test]
     fn shutdown_kills_connections() {
         let root = CancellationToken::new();
-        let (conn, _rx) = ConnHandle::new(1, Vsn::V1, 1, &root);
+        let (conn, _rx) = ConnHandle::new(1, Vsn::V1, QueueLimits::frames(1), &root);
         root.cancel();
         assert!(conn.kill_token().is_cancelled());
         assert_eq!(conn.close_reason(), CloseReason::ServerShutdown);

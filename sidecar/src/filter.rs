@@ -1,5 +1,5 @@
-//! Reads one `config.postgres_changes` entry of a `phx_join` (PROTOCOL.md §6.1, §6.2, §10.3) into
-//! a typed subscription spec. Pure: no database, no I/O.
+//! Reads one `config.postgres_changes` entry of a `phx_join` (docs/protocol.md §6.1, §6.2,
+//! §10.3) into a typed subscription spec. Pure: no database, no I/O.
 //!
 //! Invariants:
 //! * The output is data, never SQL: column names and values are the text the client meant
@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{FilterError, FilterSyntax};
 
-/// Most values an `in` list may hold (PROTOCOL.md §6.2).
+/// Most values an `in` list may hold (docs/protocol.md §6.2).
 pub const MAX_IN_VALUES: usize = 100;
 
 const WILDCARD: &str = "*";

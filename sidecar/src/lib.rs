@@ -5,14 +5,22 @@
 //! Module map (each module's header states its invariants):
 //! * [`config`] — CLI/env settings; [`app`] — shared state and router; `main.rs` — process
 //!   lifecycle.
+//! * [`server`] — the accept loop and HTTP/1.1 (hyper) with the header-read timeout;
+//!   [`admission`] — connection caps, in all and per client address.
 //! * `ws` — WebSocket upgrade and the reader/writer halves of a connection; `session` — the
 //!   per-connection protocol state machine; `channel` — its channel table and join rules;
 //!   `rest` — the REST broadcast endpoints, which queue through the database.
+//! * `validate` — what client input may hold (NUL, storable JSON, ref lengths), checked where
+//!   it enters; `limits` — sidecar-wide per-second rate limits.
 //! * `codec` — serializers v1/v2; `auth` — JWT verification; `policies` — private-channel
-//!   permissions from `realtime.messages` policies; `fanout` — topic registry and bounded
-//!   per-connection queues; [`queue`] — the Postgres reader; [`publisher`] — client messages
-//!   to the other sidecars through Postgres; [`presence`] — cluster-wide presence; `db` — the pool for queries on a client's behalf;
-//!   `error` — the catalogue of client-visible errors and close codes.
+//!   permissions from `realtime.messages` policies; `fanout` — topic registry and per-connection
+//!   queues bounded in frames and bytes; [`queue`] — the Postgres reader; [`publisher`] — client
+//!   messages to the other sidecars through Postgres; [`presence`] — cluster-wide presence;
+//!   `db` — the pool for queries on a client's behalf.
+//! * [`filter`] — a `postgres_changes` entry read into a subscription spec; `changes` — those
+//!   subscriptions in the database and delivery of their changes; [`unsubscriber`] — deletes a
+//!   channel's subscription rows as soon as it ends.
+//! * `error` — the catalogue of client-visible errors and close codes.
 #![forbid(unsafe_code)]
 
 pub mod admission;

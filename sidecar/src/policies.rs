@@ -1,5 +1,5 @@
 //! What a user may do on a private channel, as decided by the `realtime.messages` policies in the
-//! database (PROTOCOL.md §9.4; SQL in sql/authorization.sql).
+//! database (docs/protocol.md §9.4; SQL in sql/authorization.sql).
 //!
 //! One evaluation is one round trip: `realtime._authorize` runs every probe as the user's role
 //! with their claims, the topic and the request headers set, and rolls all of it back. The
@@ -39,7 +39,7 @@ impl Permissions {
     };
 
     /// A channel may be joined (and stay joined) with read access to broadcasts, or to
-    /// presence if it uses presence (PROTOCOL.md §3.3).
+    /// presence if it uses presence (docs/protocol.md §3.3).
     pub fn can_read(&self, presence_enabled: bool) -> bool {
         self.broadcast_read || (presence_enabled && self.presence_read)
     }

@@ -1,4 +1,4 @@
-//! Presence (PROTOCOL.md §5), cluster-wide through Postgres (sql/presence.sql).
+//! Presence (docs/protocol.md §5), cluster-wide through Postgres (sql/presence.sql).
 //!
 //! Ownership and invariants:
 //! * Each sidecar owns its clients' presences, in memory here ([`Presence`]); a change is
@@ -324,7 +324,12 @@ mod tests {
         };
         presence.change(&publisher, &key, &join);
         let root = tokio_util::sync::CancellationToken::new();
-        let (conn, _rx) = ConnHandle::new(1, codec::Vsn::V2, 4, &root);
+        let (conn, _rx) = ConnHandle::new(
+            1,
+            codec::Vsn::V2,
+            crate::fanout::QueueLimits::frames(4),
+            &root,
+        );
         let (_, snapshot) = presence.subscribe(&key, conn);
         assert_eq!(snapshot, vec![("k".to_owned(), joined.clone())]);
         let leave = Diff {

@@ -1,6 +1,6 @@
-//! REST broadcast endpoints (PROTOCOL.md §8): `POST /api/broadcast` (batch, the client's `send()`
-//! fallback) and `POST /api/broadcast/{topic}/events/{event}` (single, `httpSend`), both also under
-//! `/realtime/v1`.
+//! REST broadcast endpoints (docs/protocol.md §8): `POST /api/broadcast` (batch, the client's
+//! `send()` fallback) and `POST /api/broadcast/{topic}/events/{event}` (single, `httpSend`), both
+//! also under `/realtime/v1`.
 //!
 //! Invariants:
 //! * Checks run in Realtime's order and nothing is queued unless all pass: content type (415),

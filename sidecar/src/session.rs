@@ -11,10 +11,13 @@
 //!   `broadcast`).
 //! * Replies on a joined channel carry that channel's current `join_ref` (clients drop frames
 //!   with a stale non-null `join_ref`); incoming `join_ref`s are not checked (Realtime's
-//!   leniency, PROTOCOL.md §1.9).
+//!   leniency, docs/protocol.md §1.9).
 //! * Join errors are answered after `CHANNEL_ERROR_BACKOFF_MS` without blocking the socket: the
 //!   replies wait in `delayed` (one fixed delay, so the queue is ordered by deadline), at most
-//!   `MAX_PENDING_JOIN_ERRORS` of them: one more closes the connection.
+//!   `MAX_PENDING_JOIN_ERRORS` of them: one more closes the connection. Their bytes count
+//!   against the connection's `CLIENT_QUEUE_BYTES` from the moment they are encoded.
+//! * A `ref` or `join_ref` over `validate::MAX_REF_BYTES` closes the connection before anything
+//!   echoes it.
 //! * Input is checked before it is used (topic and event lengths, storability: `validate`), so
 //!   nothing this connection sends can fail a statement shared with other clients.
 //! * Presence's per-channel rate limit counts per topic for the life of the connection, so
@@ -129,7 +132,7 @@ struct PendingJoin {
     grant: Grant,
 }
 
-/// `system` push payload (PROTOCOL.md §7.3).
+/// `system` push payload (docs/protocol.md §7.3).
 #[derive(Serialize)]
 struct System<'a> {
     extension: &'a str,
@@ -161,6 +164,13 @@ impl Session {
     }
 
     pub fn handle(&mut self, msg: Inbound) {
+        if !validate::refs_fit(&msg) {
+            tracing::info!(
+                conn = self.conn.id,
+                "ref over MAX_REF_BYTES, closing the connection"
+            );
+            return self.conn.close(CloseReason::RefTooLong);
+        }
         let topic = msg.topic.as_str();
         if topic == "phoenix" && msg.event == "heartbeat" {
             return self.reply(None, msg.msg_ref.as_deref(), topic, "ok", json!({}));
@@ -223,7 +233,7 @@ impl Session {
     pub fn on_timer(&mut self, now: Instant) {
         while self.delayed.front().is_some_and(|(at, _)| *at <= now) {
             if let Some((_, frame)) = self.delayed.pop_front() {
-                self.conn.push(frame);
+                self.conn.push_charged(frame);
             }
         }
         let now_unix = unix_now();
@@ -376,7 +386,7 @@ impl Session {
         }
     }
 
-    /// Join checks in Realtime's order of precedence (PROTOCOL.md §3.3); the policies of a
+    /// Join checks in Realtime's order of precedence (docs/protocol.md §3.3); the policies of a
     /// private channel are evaluated afterwards, asynchronously.
     fn authorize(&self, sub: &str, payload: &Value) -> Result<Grant, JoinError> {
         if sub.is_empty() {
@@ -445,6 +455,11 @@ impl Session {
                 "too many refused joins pending, closing the connection"
             );
             return self.conn.close(CloseReason::TooManyJoinErrors);
+        }
+        // The reply echoes the client's topic: it counts against CLIENT_QUEUE_BYTES while it
+        // waits.
+        if !self.conn.charge(frame.len()) {
+            return;
         }
         let at = Instant::now() + self.state.config.channel_error_backoff();
         self.delayed.push_back((at, frame));
@@ -851,7 +866,7 @@ impl Session {
         (!storable).then(|| UNSTORABLE.to_owned())
     }
 
-    /// `presence` push: `track` / `untrack` (PROTOCOL.md §5.1, limits §5.5).
+    /// `presence` push: `track` / `untrack` (docs/protocol.md §5.1, limits §5.5).
     fn presence(&mut self, topic: &str, msg_ref: Option<&str>, payload: InPayload) {
         let push: Value = match &payload {
             InPayload::Json(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
@@ -1190,6 +1205,7 @@ mod tests {
     use crate::auth::tests::{token, valid_token, SECRET};
     use crate::codec::Vsn;
     use crate::config::Config;
+    use crate::fanout::{Outbox, QueueLimits};
 
     fn state() -> Arc<AppState> {
         state_with(&[])
@@ -1211,12 +1227,14 @@ mod tests {
 
     struct Client {
         session: Session,
-        rx: flume::Receiver<Frame>,
+        rx: Outbox,
     }
 
     impl Client {
         fn new(state: &Arc<AppState>) -> Self {
-            let (conn, rx) = ConnHandle::new(state.next_conn_id(), Vsn::V2, 16, &state.shutdown);
+            let limits = state.config.queue_limits();
+            let (conn, rx) =
+                ConnHandle::new(state.next_conn_id(), Vsn::V2, limits, &state.shutdown);
             let session = Session::new(state.clone(), conn, valid_token().into(), "{}".into());
             Client { session, rx }
         }
@@ -1235,7 +1253,7 @@ mod tests {
         }
 
         fn assert_silent(&mut self) {
-            assert!(self.rx.try_recv().is_err(), "no frame expected");
+            assert!(self.rx.try_recv().is_none(), "no frame expected");
         }
 
         fn join(&mut self, topic: &str, join_ref: &str, config: Value) -> Value {
@@ -1751,7 +1769,7 @@ mod tests {
             assert_eq!(c.recv()[4]["status"], "ok");
             c.recv(); // own diff
             c.send(&json!([round.to_string(), "l", "realtime:p", "phx_leave", {}]).to_string());
-            while c.rx.try_recv().is_ok() {}
+            while c.rx.try_recv().is_some() {}
         }
         c.join("realtime:p", "9", json!({}));
         track(&mut c, "realtime:p", "t", json!({"round": 9}));
@@ -1817,7 +1835,7 @@ mod tests {
     #[test]
     fn refused_joins_pending_are_bounded() {
         let state = state_with(&["--max-pending-join-errors=3"]);
-        let (conn, _rx) = ConnHandle::new(1, Vsn::V2, 16, &state.shutdown);
+        let (conn, _rx) = ConnHandle::new(1, Vsn::V2, state.config.queue_limits(), &state.shutdown);
         let mut session = Session::new(
             state.clone(),
             conn.clone(),
@@ -1915,16 +1933,70 @@ mod tests {
     #[test]
     fn join_error_reply_waits_for_backoff() {
         let state = state();
-        let (conn, rx) = ConnHandle::new(1, Vsn::V2, 4, &state.shutdown);
+        let (conn, rx) = ConnHandle::new(1, Vsn::V2, QueueLimits::frames(4), &state.shutdown);
         let mut session = Session::new(state.clone(), conn, valid_token().into(), "{}".into());
         session.handle(
             codec::decode_text(Vsn::V2, r#"["1","1","realtime:","phx_join",{}]"#).expect("frame"),
         );
-        assert!(rx.try_recv().is_err(), "not before the timer fires");
+        assert!(rx.try_recv().is_none(), "not before the timer fires");
         let due = session.next_deadline().expect("a delayed reply");
         session.on_timer(due);
-        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_some());
         assert!(session.next_deadline().is_none());
+    }
+
+    #[test]
+    fn refused_joins_waiting_count_against_the_byte_budget() {
+        let state = state_with(&["--client-queue-bytes=4000"]);
+        let (conn, rx) = ConnHandle::new(1, Vsn::V2, state.config.queue_limits(), &state.shutdown);
+        let mut session = Session::new(
+            state.clone(),
+            conn.clone(),
+            valid_token().into(),
+            "{}".into(),
+        );
+        // Each refusal echoes a 1000-byte topic (over MAX_TOPIC_BYTES).
+        let topic = format!("realtime:{}", "t".repeat(991));
+        let join = |r: usize| {
+            let frame = json!([r.to_string(), r.to_string(), topic, "phx_join", {}]);
+            codec::decode_text(Vsn::V2, &frame.to_string()).expect("frame")
+        };
+        for r in 0..3 {
+            session.handle(join(r));
+        }
+        assert!(
+            !conn.kill_token().is_cancelled(),
+            "3 replies fit 4000 bytes"
+        );
+        session.handle(join(3));
+        assert_eq!(conn.close_reason(), CloseReason::SlowClient);
+        // The ones kept are still sent (and not charged twice).
+        session.on_timer(Instant::now());
+        let sent = std::iter::from_fn(|| rx.try_recv()).count();
+        assert_eq!(sent, 3);
+    }
+
+    #[test]
+    fn a_ref_over_64_bytes_closes_the_connection_unanswered() {
+        let state = state();
+        let mut c = Client::new(&state);
+        let fits = "1".repeat(crate::validate::MAX_REF_BYTES);
+        c.send(&json!([fits, fits, "phoenix", "heartbeat", {}]).to_string());
+        assert_eq!(c.recv()[1], json!(fits));
+        let over = "1".repeat(crate::validate::MAX_REF_BYTES + 1);
+        for frame in [
+            json!([null, over, "phoenix", "heartbeat", {}]),
+            json!([over, "1", "realtime:x", "phx_join", {}]),
+        ] {
+            let mut c = Client::new(&state);
+            c.send(&frame.to_string());
+            c.assert_silent();
+            assert_eq!(
+                c.session.conn.close_reason(),
+                CloseReason::RefTooLong,
+                "{frame}"
+            );
+        }
     }
 
     #[test]

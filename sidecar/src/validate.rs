@@ -8,9 +8,26 @@
 //!   `jsonb` cannot hold it in a string or key (`\u0000`), nor a number beyond its range
 //!   (JSON numbers that do not fit an `f64` are refused here, which is stricter than jsonb).
 //! * Checks do not allocate for the common case: JSON is walked with a visitor, not built.
+//! * Refs are echoed by every reply, so they are bounded ([`MAX_REF_BYTES`]). Topics are
+//!   echoed too, even refused ones (a client matches a reply by topic and ref); what replies
+//!   to oversized input can hold is bounded by the connection's `CLIENT_QUEUE_BYTES`.
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+
+use crate::codec::Inbound;
+
+/// Longest `ref` / `join_ref` a client may send, in bytes. Phoenix clients count refs up from
+/// 1, so real ones are a few digits; every reply echoes them.
+pub const MAX_REF_BYTES: usize = 64;
+
+/// Whether the message's `ref` and `join_ref` fit [`MAX_REF_BYTES`].
+pub fn refs_fit(msg: &Inbound) -> bool {
+    [&msg.join_ref, &msg.msg_ref]
+        .into_iter()
+        .flatten()
+        .all(|r| r.len() <= MAX_REF_BYTES)
+}
 
 /// Whether `text` can be stored as Postgres `text`.
 pub fn text_storable(text: &str) -> bool {
@@ -120,6 +137,22 @@ mod tests {
         assert!(!value_storable(&json!({"k": ["\u{0}"]})));
         assert!(!value_storable(&json!({"\u{0}": 1})));
         assert!(value_storable(&json!({"k": [1, "v"]})));
+    }
+
+    #[test]
+    fn refs_are_bounded() {
+        let msg = |join_ref: &str, msg_ref: &str| {
+            let frame = json!([join_ref, msg_ref, "phoenix", "heartbeat", {}]).to_string();
+            crate::codec::decode_text(crate::codec::Vsn::V2, &frame).expect("frame")
+        };
+        let fits = "9".repeat(MAX_REF_BYTES);
+        let over = "9".repeat(MAX_REF_BYTES + 1);
+        assert!(refs_fit(&msg("1", "2")));
+        assert!(refs_fit(&msg(&fits, &fits)));
+        assert!(!refs_fit(&msg(&over, "2")));
+        assert!(!refs_fit(&msg("1", &over)));
+        // Multi-byte characters count in bytes.
+        assert!(!refs_fit(&msg("1", &"é".repeat(MAX_REF_BYTES / 2 + 1))));
     }
 
     #[test]

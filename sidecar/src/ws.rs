@@ -25,9 +25,9 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 
 use crate::app::AppState;
-use crate::codec::{self, Frame, Vsn};
+use crate::codec::{self, Vsn};
 use crate::error::{CloseReason, ConnectError};
-use crate::fanout::ConnHandle;
+use crate::fanout::{ConnHandle, Outbox};
 use crate::session::Session;
 
 /// Phoenix's websocket timeout: the client heartbeats every 25 s.
@@ -115,12 +115,12 @@ async fn serve(
     token: String,
     headers: Arc<str>,
 ) {
-    let capacity = state.config.client_queue_frames as usize;
-    let (conn, rx) = ConnHandle::new(state.next_conn_id(), vsn, capacity, &state.shutdown);
+    let limits = state.config.queue_limits();
+    let (conn, outbox) = ConnHandle::new(state.next_conn_id(), vsn, limits, &state.shutdown);
     tracing::info!(conn = conn.id, ?vsn, "connected");
     let mut session = Session::new(state, conn.clone(), token.into(), headers);
     let (sink, stream) = socket.split();
-    let writer = write_loop(sink, rx, conn.clone());
+    let writer = write_loop(sink, outbox, conn.clone());
     tokio::pin!(writer);
     let reader_stopped_first = tokio::select! {
         () = read_loop(stream, &mut session, &conn) => true,
@@ -196,7 +196,7 @@ fn read_failure(err: axum::Error) -> CloseReason {
 
 /// Drain the outbound queue into the socket until the connection is killed, then send the
 /// close frame for its reason.
-async fn write_loop<S>(mut sink: S, rx: flume::Receiver<Frame>, conn: Arc<ConnHandle>)
+async fn write_loop<S>(mut sink: S, outbox: Outbox, conn: Arc<ConnHandle>)
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -205,15 +205,17 @@ where
         let first = tokio::select! {
             biased;
             () = kill.cancelled() => break,
-            frame = rx.recv_async() => match frame {
-                Ok(frame) => frame,
-                Err(_) => break,
+            frame = outbox.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
             },
         };
         let batch = async {
             sink.feed(first.into()).await?;
             for _ in 1..WRITE_BATCH {
-                let Ok(frame) = rx.try_recv() else { break };
+                let Some(frame) = outbox.try_recv() else {
+                    break;
+                };
                 sink.feed(frame.into()).await?;
             }
             sink.flush().await
@@ -452,7 +454,7 @@ mod tests {
         join_v2(&mut v2, "realtime:room1", "6").await;
         join_v1(&mut v1, "realtime:room1", "3").await;
 
-        // realtime-js v2 `send()` → binary kind 3 (PROTOCOL.md §1.7 capture).
+        // realtime-js v2 `send()` → binary kind 3 (docs/protocol.md §1.7 capture).
         let kind3 = [
             &[3u8, 1, 2, 14, 6, 0, 1][..],
             b"610realtime:room1cursor{\"x\":1}",
@@ -624,6 +626,65 @@ mod tests {
         .await;
         assert!(gone.is_ok(), "slow client closed");
         heartbeat_v2(&mut fast).await;
+    }
+
+    #[tokio::test]
+    async fn byte_budget_closes_a_client_that_does_not_read() {
+        // 1024 frames would hold 1 GiB here; 4 MiB of bytes is the bound that acts.
+        let (state, addr) =
+            start(&["--client-queue-frames=1024", "--client-queue-bytes=4194304"]).await;
+        let mut idle = connect(addr, "2.0.0").await;
+        let mut reader = connect(addr, "2.0.0").await;
+        join_v2(&mut idle, "realtime:big", "1").await;
+        join_v2(&mut reader, "realtime:big", "1").await;
+        let key = TopicKey {
+            sub_topic: "big".into(),
+            private: false,
+        };
+        let blob = bytes::Bytes::from(vec![7u8; 1 << 20]);
+        for _ in 0..64 {
+            let msg = UserBroadcast {
+                event: "e".into(),
+                payload: UserPayload::Binary(blob.clone()),
+                meta_id: None,
+            };
+            state.registry.publish(&key, &Broadcast::User(msg), None);
+            assert!(matches!(next(&mut reader).await, Ws::Binary(_)));
+        }
+        let gone = tokio::time::timeout(WAIT, async {
+            while state.connections.len() > 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(gone.is_ok(), "the idle client was closed");
+        heartbeat_v2(&mut reader).await;
+        // What reached the idle client before it was closed: under 64 MiB.
+        let mut received = 0;
+        while let Ok(Some(Ok(Ws::Binary(_)))) = tokio::time::timeout(WAIT, idle.next()).await {
+            received += 1;
+        }
+        assert!(received < 64, "{received} frames");
+    }
+
+    #[tokio::test]
+    async fn long_ref_closes_with_1008() {
+        let (_state, addr) = start(&[]).await;
+        let mut c = connect(addr, "2.0.0").await;
+        let mut other = connect(addr, "2.0.0").await;
+        send(
+            &mut c,
+            json!([null, "r".repeat(65), "phoenix", "heartbeat", {}]),
+        )
+        .await;
+        match next(&mut c).await {
+            Ws::Close(Some(frame)) => assert_eq!(
+                (u16::from(frame.code), frame.reason.as_str()),
+                (1008, "ref or join_ref longer than 64 bytes")
+            ),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+        heartbeat_v2(&mut other).await;
     }
 
     #[tokio::test]

@@ -135,6 +135,29 @@ export class RawSocket {
     this.ws.send(data, { binary });
   }
 
+  /**
+   * Sends `data`; resolves true once it is handed to the kernel, false when the socket failed
+   * or the send did not complete within `timeout` ms (the server stopped reading).
+   */
+  sendAcked(data, { binary = false, timeout = 2000 } = {}) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeout);
+      this.ws.send(data, { binary }, (err) => {
+        clearTimeout(timer);
+        resolve(!err);
+      });
+    });
+  }
+
+  /** Stops reading the socket, like a client that never reads: the server's writes back up. */
+  pauseReading() {
+    this.ws._socket.pause();
+  }
+
+  resumeReading() {
+    this.ws._socket.resume();
+  }
+
   /** Sends a logical message; returns its ref. */
   push(topic, event, payload, { joinRef = null, ref = this.nextRef() } = {}) {
     if (this.vsn === '1.0.0') {
