@@ -94,7 +94,7 @@ test('replies echoing 1 MiB topics to a client that never reads: closed over CLI
     // topic: refused after CHANNEL_ERROR_BACKOFF_MS, the reply waiting meanwhile.
     const ref = String(sent);
     const frame = sent % 2 ? [null, ref, bigTopic, 'broadcast', {}] : [ref, ref, bigTopic, 'phx_join', {}];
-    if (!(await s.sendAcked(JSON.stringify(frame)))) break;
+    if (!(await s.sendAcked(JSON.stringify(frame), { timeout: 5000 }))) break;
     sent += 1;
     // Meanwhile, everyone else's messages flow.
     if (sent % 50 === 1) {
