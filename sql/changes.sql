@@ -150,9 +150,9 @@ create event trigger realtime_sync_publication on ddl_command_end
 --   rows that arrive would reveal the column's values), and, on a table with row-level
 --   security, a table without a primary key or with one the role may not select (its changes
 --   could not be checked against the policies);
--- * more than pg_realtime.max_filter_conditions conditions in one binding, more than
---   pg_realtime.max_subscriptions_per_table subscriptions on one table and more than
---   pg_realtime.max_subscriptions in the database.
+-- * a condition over 64 KiB, more than pg_realtime.max_filter_conditions conditions in one
+--   binding, more than pg_realtime.max_subscriptions_per_table subscriptions on one table and
+--   more than pg_realtime.max_subscriptions in the database.
 -- Filter values are cast to the column's type, and operators resolved, by _filter_check as the
 -- table's owner, security-restricted (extension/src/filter.rs).
 create function realtime._subscribe(_sidecar uuid, _claims jsonb, _bindings jsonb)
@@ -236,6 +236,11 @@ begin
             rest := '[]';
             for cond in select * from jsonb_array_elements(b -> 'filters') loop
                 col := cond ->> 'column';
+                -- Values are evaluated in every writing statement on the table: bounded.
+                if pg_catalog.octet_length(cond::text) > 65536 then
+                    raise exception 'Error parsing `filter` params: a filter condition may be at most 64 KiB'
+                        using errcode = 'program_limit_exceeded';
+                end if;
                 if not exists (select from pg_catalog.pg_attribute
                                 where attrelid = _entity and attname = col and attnum > 0 and not attisdropped) then
                     raise exception 'Error parsing `filter` params: column "%" does not exist in %', col, _entity

@@ -939,43 +939,46 @@ fn run_checks(checks: &[Check], snapshot: pg_sys::Snapshot) -> Vec<Verdict> {
         match identity::role_oid(role).filter(|oid| !identity::is_superuser(*oid)) {
             None => verdicts.extend((start..end).map(|_| (HashSet::new(), None))),
             Some(oid) => identity::as_subscriber(oid, || {
-                let mut runs = None;
-                for check in &checks[start..end] {
-                    let claims: Value = serde_json::from_str(&check.claims).unwrap_or(Value::Null);
-                    identity::set_local("request.jwt.claims", &check.claims);
-                    identity::set_local(
-                        "request.jwt.claim.sub",
-                        claims
-                            .get("sub")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default(),
-                    );
-                    identity::set_local(
-                        "request.jwt.claim.role",
-                        claims
-                            .get("role")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default(),
-                    );
-                    // Opened with the first group's claims set: planning may evaluate the
-                    // policies' stable expressions (for estimates only).
-                    // SAFETY: inside the caller's subtransaction, whose resource owner and memory
-                    // context stay current until `close` (or its abort cleans up).
-                    let runs = runs.get_or_insert_with(|| unsafe {
-                        Runs::open(&probe.sql, &probe.types, snapshot)
-                    });
-                    let args = check
-                        .query
-                        .as_ref()
-                        .map(|q| q.args.clone())
-                        .unwrap_or_default();
-                    // SAFETY: the arguments match the types the probe was opened with.
-                    verdicts.push((unsafe { runs.run(&args) }, None));
-                }
-                if let Some(runs) = runs {
-                    // SAFETY: no error happened since it was opened.
-                    unsafe { runs.close() };
-                }
+                identity::with_active_snapshot(snapshot, || {
+                    let mut runs = None;
+                    for check in &checks[start..end] {
+                        let claims: Value =
+                            serde_json::from_str(&check.claims).unwrap_or(Value::Null);
+                        identity::set_local("request.jwt.claims", &check.claims);
+                        identity::set_local(
+                            "request.jwt.claim.sub",
+                            claims
+                                .get("sub")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default(),
+                        );
+                        identity::set_local(
+                            "request.jwt.claim.role",
+                            claims
+                                .get("role")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default(),
+                        );
+                        // Opened with the first group's claims set: planning may evaluate the
+                        // policies' stable expressions (for estimates only).
+                        // SAFETY: inside the caller's subtransaction, whose resource owner and memory
+                        // context stay current until `close` (or its abort cleans up).
+                        let runs = runs.get_or_insert_with(|| unsafe {
+                            Runs::open(&probe.sql, &probe.types, snapshot)
+                        });
+                        let args = check
+                            .query
+                            .as_ref()
+                            .map(|q| q.args.clone())
+                            .unwrap_or_default();
+                        // SAFETY: the arguments match the types the probe was opened with.
+                        verdicts.push((unsafe { runs.run(&args) }, None));
+                    }
+                    if let Some(runs) = runs {
+                        // SAFETY: no error happened since it was opened.
+                        unsafe { runs.close() };
+                    }
+                })
             }),
         }
         start = end;

@@ -15,10 +15,11 @@
 //!   partition pruning decided at executor start, custom and foreign scans, …) start a new
 //!   executor per run instead: slower, never stale.
 //!
-//! The caller owns the identity and the GUCs: it switches to the role, sets the claims before
-//! each run and wraps everything in a subtransaction. On ERROR nothing here needs cleaning up
-//! by hand: the subtransaction's abort releases the plan, the executor's resources and the
-//! pushed snapshot. Callers must not use a [`Runs`] after an error.
+//! The caller owns the identity, the GUCs and the active snapshot (`identity`): it switches to
+//! the role, pushes the snapshot, sets the claims before each run and wraps everything in a
+//! subtransaction. On ERROR nothing here needs cleaning up by hand: the subtransaction's abort
+//! releases the plan and the executor's resources. Callers must not use a [`Runs`] after an
+//! error.
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::collections::HashSet;
@@ -103,7 +104,6 @@ impl Runs {
             mydest: pg_sys::CommandDest::DestNone,
         };
         let text = CString::new(sql).unwrap_or_default();
-        pg_sys::PushActiveSnapshot(snapshot);
         Runs {
             plan,
             stmt,
@@ -159,7 +159,6 @@ impl Runs {
             self.finish();
         }
         pg_sys::ReleaseCachedPlan(self.plan, pg_sys::CurrentResourceOwner);
-        pg_sys::PopActiveSnapshot();
     }
 
     unsafe fn start(&mut self) {

@@ -61,11 +61,17 @@ pub struct Row {
 
 impl Row {
     /// Column `n` (1-based), converted; None for NULL.
-    pub fn get<T: FromDatum>(&self, n: c_int) -> Option<T> {
+    pub fn get<T: FromDatum + IntoDatum>(&self, n: c_int) -> Option<T> {
+        let ty = self.type_of(n);
+        if !T::is_compatible_with(ty) {
+            pgrx::error!(
+                "pg_realtime: column {n} of a routing query has type {ty:?}, not the one read"
+            );
+        }
         let mut isnull = false;
         // SAFETY: a Row is only lent to `run`'s callback, while its tuple and descriptor are the
-        // current SPI result's; a column number out of range comes back as NULL. `T` must be the
-        // column's type: not checked here, every caller reads a kept query whose SQL fixes it.
+        // current SPI result's; a column number out of range comes back as NULL; `T` was checked
+        // against the column's type above.
         unsafe {
             let datum = pg_sys::SPI_getbinval(self.tuple, self.desc, n, &mut isnull);
             T::from_datum(datum, isnull)
@@ -74,9 +80,15 @@ impl Row {
 
     /// Column `n` as a datum copied out of SPI into the caller's memory context (varlena types).
     pub fn transfer(&self, n: c_int) -> Option<pg_sys::Datum> {
+        // SAFETY: a catalog lookup of the column's type.
+        if unsafe { pg_sys::get_typlen(self.type_of(n)) } != -1 {
+            pgrx::error!(
+                "pg_realtime: column {n} of a routing query is not of a variable-length type"
+            );
+        }
         let mut isnull = false;
-        // SAFETY: tuple and descriptor are valid as in `get`. The column must be of a varlena
-        // type (typByVal false, typLen -1): not checked here, the one caller reads arrays.
+        // SAFETY: tuple and descriptor are valid as in `get`; the column's type is a varlena
+        // (checked above), which is what SPI_datumTransfer(byval false, len -1) copies.
         unsafe {
             let datum = pg_sys::SPI_getbinval(self.tuple, self.desc, n, &mut isnull);
             (!isnull).then(|| pg_sys::SPI_datumTransfer(datum, false, -1))

@@ -159,6 +159,9 @@ select * from realtime._subscribe('00000000-0000-0000-0000-0000000000e1', '{"rol
   jsonb_build_array(jsonb_build_object('binding', 6, 'event', '*', 'schema', 'public', 'table', 'salaries',
     'filters', (select jsonb_agg(jsonb_build_object('column', 'id', 'op', 'neq', 'value', i::text))
                   from generate_series(1, 11) i))));
+select * from realtime._subscribe('00000000-0000-0000-0000-0000000000e1', '{"role":"anon"}',
+  jsonb_build_array(jsonb_build_object('binding', 6, 'event', '*', 'schema', 'public', 'table', 'salaries',
+    'filters', jsonb_build_array(jsonb_build_object('column', 'name', 'op', 'eq', 'value', repeat('x', 70000))))));
 set pg_realtime.max_subscriptions_per_table = 1;
 select * from realtime._subscribe('00000000-0000-0000-0000-0000000000e1', '{"role":"anon"}',
   '[{"binding": 7, "event": "*", "schema": "public", "table": "salaries", "filters": []}]');
