@@ -29,7 +29,8 @@
 # BENCH_SUBSCRIBERS (1000), BENCH_QUICK=1 (a short smoke run: 200 subscribers, 2,000 idle
 # connections, short steps, Postgres Changes with 200 and 20 subscribers), BENCH_ONLY="changes
 # joins" (run and report only these stages of: memory fanout roundtrip push writers capture
-# hardening joins changes), BENCH_OLD_REV (e5977aa: the commit before the hardening).
+# hardening joins changes), BENCH_OLD_REV (e5977aa: the commit before the hardening),
+# BENCH_HARDENING_VARIANTS="send_private_rls capture_0" (only these variants of the hardening stage).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -175,7 +176,7 @@ if [ "$QUICK" = 1 ]; then
   SUBS=${BENCH_SUBSCRIBERS:-200}
   FAN_ARGS=(--subscribers "$SUBS" --idle-count 20 --latency-secs 3 --step-secs 2 --max-steps 6 --search-budget-s 60)
   WRITER_ARGS=(--seconds 3 --rounds 1)
-  HARD_ARGS=(--seconds 3 --rounds 1 --clients 16 --threads 2)
+  HARD_ARGS=(--seconds 2 --rounds 2 --clients 16 --threads 2)
   JOIN_ARGS=(--step-secs 2 --rounds 2)
   MEM_ARGS=(--rooms 200 --idle-secs 2 --rounds 1)
   RT_ARGS=(--clients 200 --step-secs 2 --rounds 1 --warmup-secs 1)
@@ -186,7 +187,7 @@ else
   FAN_ARGS=(--subscribers "$SUBS" --idle-count 100 --idle-interval-ms 50 --latency-rate 10 --latency-secs 10
     --step-secs 3 --start-rate 100 --p99-ms 100 --max-steps 14 --search-budget-s 200)
   WRITER_ARGS=(--seconds 6 --rounds 2 --clients 16 --threads 2)
-  HARD_ARGS=(--seconds 6 --rounds 3 --clients 16 --threads 2)
+  HARD_ARGS=(--seconds 3 --rounds 6 --clients 16 --threads 2)
   JOIN_ARGS=(--step-secs 5 --rounds 3)
   MEM_ARGS=(--rooms 1000 --idle-secs 5 --rounds 2)
   RT_ARGS=(--clients 1000 --room-size 10 --rate 2 --step-secs 5 --rounds 2 --warmup-secs 2)
@@ -266,7 +267,7 @@ if want hardening; then
     log "hardening: capture with 0/1/1,000 subscribers and private vs public SQL sends, old vs new build, alternating"
     "$BIN/pg-realtime-bench" hardening --host 127.0.0.1 --port "$NEW_PG_PORT" --old-port "$OLD_PG_PORT" \
       --old-rev "$OLD_REV" --pgbench "$PGBIN/pgbench" --scripts "$ROOT/bench" --sidecar-running false \
-      --out "$RAW/hardening.json" "${HARD_ARGS[@]}" || { log "hardening run failed"; FAILED=1; }
+      --variants "$(echo ${BENCH_HARDENING_VARIANTS:-} | tr ' ' ,)" --out "$RAW/hardening.json" "${HARD_ARGS[@]}" || { log "hardening run failed"; FAILED=1; }
     for p in pg-old pg-new; do bash "$ROOT/scripts/pg.sh" stop "$WORK/$p" >&2 || true; done
   else
     log "hardening: could not build or install pg_realtime $OLD_REV"

@@ -21,6 +21,7 @@ use crate::writers::{connect, settled_run, PgbenchRun, WritersOpts};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// Users with a subscription in the 1,000-subscriber variants (whard_own.sql draws from as many).
 const USERS: usize = 1000;
@@ -134,7 +135,29 @@ pub const VARIANTS: &[Variant] = &[
         probe: "SELECT realtime.broadcast('room', 'e', '{\"a\":1}', true)",
         messages: 1,
     },
+    Variant {
+        id: "insert_send_private_rls",
+        group: "send",
+        title: "INSERT into a logged table + realtime.send(..., true) (private) in one statement, as a member of authenticated (INSERT-policy probe; the transaction writes WAL anyway)",
+        script: "whard_insert_send_private.sql",
+        sender: true,
+        probe: "WITH i AS (INSERT INTO bench_hard_logged(v, owner) VALUES (0, 'user-0') RETURNING 1) SELECT realtime.send('{\"a\":1}', 'e', 'room', true) FROM i",
+        messages: 1,
+    },
 ];
+
+/// The variants `only` names (comma-separated ids; empty: all).
+pub fn selected(only: &str) -> Vec<&'static Variant> {
+    let ids: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    VARIANTS
+        .iter()
+        .filter(|v| ids.is_empty() || ids.contains(&v.id))
+        .collect()
+}
 
 /// Variants whose old figure is not a like-for-like baseline: the old build did not check the
 /// caller's policy at all (the bug the check fixed).
@@ -179,12 +202,18 @@ fn setup_sql(users: usize, prefill: usize) -> String {
              create role {SENDER} login in role authenticated;
            end if;
          end $$;
-         {SEND_POLICY};",
+         {SEND_POLICY};
+         drop table if exists bench_hard_logged;
+         create table bench_hard_logged(id bigserial primary key, v int not null, owner text not null)
+           with (autovacuum_enabled = false);
+         grant insert on bench_hard_logged to authenticated;
+         grant usage on sequence bench_hard_logged_id_seq to authenticated;",
         tables.join(", ")
     );
     for &(name, rls, _) in TABLES {
         sql.push_str(&format!(
-            "create unlogged table {name}(id bigserial primary key, v int not null, owner text not null);
+            "create unlogged table {name}(id bigserial primary key, v int not null, owner text not null)
+               with (autovacuum_enabled = false);
              grant select on {name} to authenticated;
              select realtime.enable('{name}');
              insert into {name}(v, owner) select i, 'user-' || i % {users} from generate_series(1, {prefill}) i;
@@ -238,6 +267,8 @@ pub struct HardeningRun {
     pub queue_rows: Option<i64>,
     /// CPU of the whole cluster (postmaster and backends) per transaction, microseconds.
     pub postgres_us_per_tx: Option<f64>,
+    /// Cores busy with other work on the machine during the run (its settle time included).
+    pub other_cores: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -268,6 +299,8 @@ pub struct HardeningOpts {
     pub old_port: u16,
     pub old_rev: String,
     pub prefill: usize,
+    /// Comma-separated variant ids to run (empty: all).
+    pub only: String,
 }
 
 /// `o` pointed at another cluster or role.
@@ -300,9 +333,9 @@ pub async fn run(o: &HardeningOpts) -> HardeningResult {
             "new": "pg_realtime as installed (make install)",
             "clusters": "one per build, same settings (scripts/pg.sh of each revision), no sidecar; only one under load at a time",
             "order": "per round and variant: old then new in even rounds, new then old in odd rounds",
-            "tables": format!("UNLOGGED (id bigserial primary key, v int, owner text), realtime.enable, select granted to authenticated, {} analyzed rows before the runs (owners user-0..user-{}), not truncated between runs (same size in both builds at each run); owner policy: owner = request.jwt.claims->>'sub'", o.prefill, USERS - 1),
+            "tables": format!("UNLOGGED (id bigserial primary key, v int, owner text), realtime.enable, select granted to authenticated, {} analyzed rows before the runs (owners user-0..user-{}), autovacuum off (insert-only), not truncated between runs (same size in both builds at each run); owner policy: owner = request.jwt.claims->>'sub'; insert_send_private_rls writes a LOGGED table of the same shape, not captured", o.prefill, USERS - 1),
             "subscriptions": format!("created by calling realtime._subscribe(sidecar, claims, bindings) as postgres, one channel per user (claims role authenticated, sub user-<i>), event *, for a sidecar that never reads; 1 subscriber = user-0 unfiltered; {} subscribers = user-0..user-{} each filtered owner=eq.user-<i> or v=neq.<i>", USERS, USERS - 1),
-            "queue": "realtime.queue truncated before each run (nobody drains it)",
+            "before_each_run": "realtime.queue truncated (nobody drains it), CHECKPOINT, VACUUM realtime.messages (the dead rows of rolled-back policy probes), then 1.5 s idle",
             "sender": format!("login role {SENDER}, member of authenticated; INSERT policy on realtime.messages: {SEND_POLICY}"),
             "aggregation": "best tps of the rounds per (variant, build); spread = lowest and highest round",
         }),
@@ -328,15 +361,31 @@ pub async fn run(o: &HardeningOpts) -> HardeningResult {
             }
         }
     }
+    let variants = selected(&o.only);
+    res.params["variants"] = json!(variants.iter().map(|v| v.id).collect::<Vec<_>>());
     for round in 0..w.rounds {
-        for v in VARIANTS {
+        for v in &variants {
             let mut order: Vec<&Cluster> = clusters.iter().collect();
             if round % 2 == 1 {
                 order.reverse();
             }
             for c in order {
                 let opts = at(w, c.port, if v.sender { SENDER } else { "postgres" });
+                // A quiet start: no checkpoint or vacuum left over from the previous run.
+                if let Err(e) = c.client.batch_execute("checkpoint").await {
+                    res.error = Some(format!("{} build: checkpoint: {e}", c.build));
+                    return res;
+                }
+                if let Err(e) = c.client.batch_execute("vacuum realtime.messages").await {
+                    res.error = Some(format!("{} build: vacuum: {e}", c.build));
+                    return res;
+                }
                 let cpu0 = c.postmaster.and_then(proc_tree_cpu_secs);
+                let (busy0, mine0, t0) = (
+                    machine_busy_secs(),
+                    proc_tree_cpu_secs(std::process::id()),
+                    Instant::now(),
+                );
                 let label = (v.group, v.id, round);
                 let run = match settled_run(
                     &opts,
@@ -360,6 +409,13 @@ pub async fn run(o: &HardeningOpts) -> HardeningResult {
                     .and_then(proc_tree_cpu_secs)
                     .zip(cpu0)
                     .map(|(b, a)| b - a);
+                // What the rest of the machine (other agents' work) used meanwhile: every busy
+                // core-second that was neither this cluster's nor this process's and pgbench's.
+                let other_cores = (|| {
+                    let busy = machine_busy_secs()? - busy0?;
+                    let mine = proc_tree_cpu_secs(std::process::id())? - mine0?;
+                    Some(((busy - cpu? - mine) / t0.elapsed().as_secs_f64()).max(0.0))
+                })();
                 let queue_rows = c
                     .client
                     .query_one("select count(*) from realtime.queue", &[])
@@ -370,16 +426,18 @@ pub async fn run(o: &HardeningOpts) -> HardeningResult {
                     .zip(run.transactions.filter(|&n| n > 0))
                     .map(|(cpu, n)| cpu * 1e6 / n as f64);
                 eprintln!(
-                    "    {} build: {} queue rows, {:.0} us Postgres CPU per transaction",
+                    "    {} build: {} queue rows, {:.0} us Postgres CPU per transaction, other load {:.2} cores",
                     c.build,
                     queue_rows.unwrap_or(-1),
-                    postgres_us_per_tx.unwrap_or(f64::NAN)
+                    postgres_us_per_tx.unwrap_or(f64::NAN),
+                    other_cores.unwrap_or(f64::NAN)
                 );
                 res.runs.push(HardeningRun {
                     build: c.build.into(),
                     run,
                     queue_rows,
                     postgres_us_per_tx,
+                    other_cores,
                 });
             }
         }
@@ -387,7 +445,7 @@ pub async fn run(o: &HardeningOpts) -> HardeningResult {
     for c in &clusters {
         let tables: Vec<&str> = TABLES.iter().map(|t| t.0).collect();
         let teardown = format!(
-            "delete from realtime.subscription where sidecar = '{SIDECAR}'; drop table if exists {};
+            "delete from realtime.subscription where sidecar = '{SIDECAR}'; drop table if exists bench_hard_logged, {};
              drop policy if exists bench_hard_send on realtime.messages; truncate realtime.queue;",
             tables.join(", ")
         );
@@ -453,6 +511,27 @@ async fn setup(
     let forbidden = "SELECT realtime.send('{\"a\":1}', 'e', 'not-room', true)";
     info.forbidden_private_send_queued = Some(pending_after(&client, SENDER, forbidden).await?);
     Ok((client, info))
+}
+
+/// Busy CPU seconds of the whole machine so far (/proc/stat, every state but idle and iowait).
+fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map_while(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user); USER_HZ = 100.
+    let busy: f64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    Some(busy / 100.0)
 }
 
 /// Waits (up to 5 s) until pgbench's backends have exited and been reaped, so that their CPU

@@ -20,7 +20,7 @@
 //!           (one-row INSERTs into a table captured for Postgres Changes, no subscribers, vs the same
 //!            table shape without capture, alternating)
 //!   hardening --host H --port P --old-port P2 --pgbench PATH --scripts DIR --out FILE [--old-rev REV
-//!           --prefill 10000 and the writers options]
+//!           --prefill 10000 --variants id,id (default: all) and the writers options]
 //!           (the writer-side cost of the hardening checks: capture with 0, 1 and 1,000 subscribers
 //!            and private vs public SQL sends, current extension (port P) vs the pre-hardening build
 //!            REV (port P2), alternating)
@@ -263,6 +263,7 @@ fn run(cmd: &str, a: Args) -> Result<i32, String> {
                     old_port: a.req("old-port")?.parse().map_err(|_| "--old-port")?,
                     old_rev: a.str("old-rev", "?"),
                     prefill: a.get("prefill", 10_000)?,
+                    only: a.str("variants", ""),
                 };
                 let r = runtime()?.block_on(hardening::run(&o));
                 write_json(&out, &r)?;

@@ -1374,6 +1374,10 @@ impl<'a> BuildRuns<'a> {
             .filter_map(|r| r.postgres_us_per_tx)
             .reduce(f64::min)
     }
+    /// The median of the rounds' other load on the machine, in cores.
+    fn other_cores(&self) -> Option<f64> {
+        median(self.runs.iter().filter_map(|r| r.other_cores).collect())
+    }
     /// Queue rows per transaction (of the first round).
     fn rows_per_tx(&self) -> Option<f64> {
         self.runs.first().and_then(|r| {
@@ -1394,6 +1398,21 @@ fn round_ratios(old: &BuildRuns, new: &BuildRuns) -> Vec<f64> {
         .collect()
 }
 
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// "median (lowest–highest)" of the per-round ratios.
+fn ratio_spread(r: &[f64]) -> String {
+    median(r.to_vec()).map_or("-".into(), |m| format!("{m:.2} ({})", range(r, 2)))
+}
+
 fn range(v: &[f64], digits: usize) -> String {
     let lo = v.iter().copied().reduce(f64::min);
     let hi = v.iter().copied().reduce(f64::max);
@@ -1409,6 +1428,9 @@ fn hardening_figures(figs: &mut Vec<Figure>, h: &HardeningResult, problems: &mut
         .unwrap_or("the pre-hardening build");
     for v in VARIANTS {
         let (old, new) = (BuildRuns::of(h, "old", v.id), BuildRuns::of(h, "new", v.id));
+        if old.runs.is_empty() && new.runs.is_empty() {
+            continue;
+        }
         let unchecked = unchecked_before(v.id);
         let (kind, target) = if unchecked {
             ("reference", None)
@@ -1429,16 +1451,17 @@ fn hardening_figures(figs: &mut Vec<Figure>, h: &HardeningResult, problems: &mut
             target,
             json!({"variant": v.id, "script": v.script, "old": old_rev, "pgbench": h.params,
                    "old_tps_rounds": old.tps(), "new_tps_rounds": new.tps(),
-                   "round_ratios": round_ratios(&old, &new),
+                   "round_ratios": round_ratios(&old, &new), "round_ratio_median": median(round_ratios(&old, &new)),
+                   "other_load_cores_median": {"old": old.other_cores(), "new": new.other_cores()},
                    "postgres_us_per_tx": {"old": old.cpu_us(), "new": new.cpu_us()},
                    "queue_rows_per_tx": {"old": old.rows_per_tx(), "new": new.rows_per_tx()}}),
         );
         let cpu = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.0}"));
         let spread = format!(
-            "rounds: old {} tps, new {} tps, new/old per round {}; Postgres CPU per transaction old {} us, new {} us",
+            "rounds: old {} tps, new {} tps, new/old per round median {}; Postgres CPU per transaction old {} us, new {} us",
             range(&old.tps(), 0),
             range(&new.tps(), 0),
-            range(&round_ratios(&old, &new), 2),
+            ratio_spread(&round_ratios(&old, &new)),
             cpu(old.cpu_us()),
             cpu(new.cpu_us())
         );
@@ -1475,7 +1498,7 @@ fn hardening_details(m: &mut String, h: &HardeningResult) {
     let p = &h.params;
     let s = |k: &str| p[k].as_str().unwrap_or("?").to_string();
     m.push_str(&format!(
-        "## Hardening writer details (issue 10: old vs new build)\n\npgbench -c {} -j {} -T {}, {} protocol, {} rounds. Old: {}. New: {}. Clusters: {}. Order: {}. Tables: {}. Subscriptions: {}. Queue: {}. Sender: {}. Figures: {}; Postgres CPU per transaction is the whole cluster's CPU time over the run (lowest of the rounds) divided by the transactions.\n\n",
+        "## Hardening writer details (issue 10: old vs new build)\n\npgbench -c {} -j {} -T {}, {} protocol, {} rounds. Old: {}. New: {}. Clusters: {}. Order: {}. Tables: {}. Subscriptions: {}. Queue: {}. Sender: {}. Figures: {}; Postgres CPU per transaction is the whole cluster's CPU time over the run (lowest of the rounds) divided by the transactions; other load is what the rest of the machine (other agents' work) kept busy meanwhile (median of the rounds): the figures are only as steady as that.\n\n",
         p["clients"], p["threads"], p["seconds_per_run"], s("protocol"), p["rounds"],
         s("old"), s("new"), s("clusters"), s("order"), s("tables"), s("subscriptions"), s("queue"), s("sender"), s("aggregation"),
     ));
@@ -1498,28 +1521,33 @@ fn hardening_details(m: &mut String, h: &HardeningResult) {
                 .map_or("-".into(), |x| x.to_string()),
         ));
     }
-    m.push_str("\n| Variant | old tps (best) | new tps (best) | new/old | old rounds tps | new rounds tps | new/old per round | Postgres CPU us/tx old | new | queue rows/tx old | new |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    m.push_str("\n| Variant | old tps (best) | new tps (best) | new/old (best) | old rounds tps | new rounds tps | new/old per round: median (range) | Postgres CPU us/tx old | new | queue rows/tx old | new | other load, cores old | new |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let f0 = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
     let f2 = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     for v in VARIANTS {
         let (old, new) = (BuildRuns::of(h, "old", v.id), BuildRuns::of(h, "new", v.id));
+        if old.runs.is_empty() && new.runs.is_empty() {
+            continue;
+        }
         let label = if unchecked_before(v.id) {
             format!("`{}` (old: unchecked, the bug)", v.id)
         } else {
             format!("`{}`", v.id)
         };
         m.push_str(&format!(
-            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             f0(old.best()),
             f0(new.best()),
             ratio(new.best(), old.best()).map_or("-".into(), |r| format!("{r:.2}x")),
             range(&old.tps(), 0),
             range(&new.tps(), 0),
-            range(&round_ratios(&old, &new), 2),
+            ratio_spread(&round_ratios(&old, &new)),
             f0(old.cpu_us()),
             f0(new.cpu_us()),
             f2(old.rows_per_tx()),
             f2(new.rows_per_tx()),
+            f2(old.other_cores()),
+            f2(new.other_cores()),
         ));
     }
     m.push('\n');
