@@ -147,3 +147,23 @@ async fn healthcheck(State(state): State<Arc<AppState>>) -> Response {
     body["reason"] = NO_QUEUE_CONNECTION.into();
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::auth::tests::SECRET;
+
+    /// State for unit tests: the test JWT secret, the database unreachable (port 1), then `args`.
+    pub fn test_state(args: &[&str]) -> Arc<AppState> {
+        let secret = format!("--jwt-secret={SECRET}");
+        let mut argv = vec![
+            "test",
+            "--database-url=postgres://postgres@127.0.0.1:1/postgres",
+            &secret,
+        ];
+        argv.extend_from_slice(args);
+        AppState::new(Config::try_parse_from(argv).expect("test config")).expect("test state")
+    }
+}

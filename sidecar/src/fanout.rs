@@ -283,6 +283,12 @@ mod tests {
         Frame::Binary(bytes::Bytes::from(vec![0u8; len]))
     }
 
+    /// A v2 connection with room for 8 frames and `bytes` bytes.
+    fn budgeted(bytes: usize) -> (Arc<ConnHandle>, Outbox) {
+        let limits = QueueLimits { frames: 8, bytes };
+        ConnHandle::new(1, Vsn::V2, limits, &CancellationToken::new())
+    }
+
     fn held(conn: &ConnHandle) -> usize {
         conn.held.load(Ordering::Relaxed)
     }
@@ -337,12 +343,7 @@ mod tests {
 
     #[test]
     fn bytes_are_held_until_the_writer_takes_them() {
-        let root = CancellationToken::new();
-        let limits = QueueLimits {
-            frames: 8,
-            bytes: 100,
-        };
-        let (conn, outbox) = ConnHandle::new(1, Vsn::V2, limits, &root);
+        let (conn, outbox) = budgeted(100);
         assert!(conn.push(binary(60)));
         assert!(conn.push(binary(40)));
         assert_eq!(held(&conn), 100, "exactly the budget is allowed");
@@ -357,12 +358,7 @@ mod tests {
 
     #[test]
     fn over_budget_closes_as_slow_and_counts_nothing() {
-        let root = CancellationToken::new();
-        let limits = QueueLimits {
-            frames: 8,
-            bytes: 100,
-        };
-        let (conn, outbox) = ConnHandle::new(1, Vsn::V2, limits, &root);
+        let (conn, outbox) = budgeted(100);
         assert!(conn.push(binary(60)));
         assert!(!conn.push(binary(41)));
         assert_eq!(conn.close_reason(), CloseReason::SlowClient);
@@ -374,12 +370,7 @@ mod tests {
 
     #[test]
     fn a_frame_larger_than_the_budget_passes_an_empty_queue_only() {
-        let root = CancellationToken::new();
-        let limits = QueueLimits {
-            frames: 8,
-            bytes: 100,
-        };
-        let (conn, outbox) = ConnHandle::new(1, Vsn::V2, limits, &root);
+        let (conn, outbox) = budgeted(100);
         assert!(conn.push(binary(1000)), "nothing held: a large frame goes");
         assert_eq!(outbox.try_recv().map(|f| f.len()), Some(1000));
         assert!(conn.push(binary(1000)), "again, once the writer took it");
@@ -392,14 +383,9 @@ mod tests {
 
     #[test]
     fn shared_frames_count_against_each_queue() {
-        let root = CancellationToken::new();
         let reg = Registry::default();
-        let limits = QueueLimits {
-            frames: 8,
-            bytes: 250,
-        };
-        let (reader, rx_reader) = ConnHandle::new(1, Vsn::V2, limits, &root);
-        let (idle, _rx_idle) = ConnHandle::new(2, Vsn::V2, limits, &root);
+        let (reader, rx_reader) = budgeted(250);
+        let (idle, _rx_idle) = budgeted(250);
         reg.subscribe(key("t", false), reader.clone());
         reg.subscribe(key("t", false), idle.clone());
         let payload = format!(r#"{{"s":"{}"}}"#, "x".repeat(80));
@@ -421,12 +407,7 @@ mod tests {
 
     #[test]
     fn frames_kept_for_later_are_charged_once() {
-        let root = CancellationToken::new();
-        let limits = QueueLimits {
-            frames: 8,
-            bytes: 100,
-        };
-        let (conn, outbox) = ConnHandle::new(1, Vsn::V2, limits, &root);
+        let (conn, outbox) = budgeted(100);
         assert!(conn.charge(70), "a reply kept for later");
         assert!(conn.push(binary(30)));
         assert!(
@@ -439,7 +420,7 @@ mod tests {
         assert_eq!(held(&conn), 0);
         assert!(!conn.kill_token().is_cancelled());
 
-        let (conn, _outbox) = ConnHandle::new(2, Vsn::V2, limits, &root);
+        let (conn, _outbox) = budgeted(100);
         assert!(conn.charge(70));
         assert!(!conn.push(binary(31)), "the kept bytes count");
         assert_eq!(conn.close_reason(), CloseReason::SlowClient);
@@ -447,8 +428,7 @@ mod tests {
 
     #[test]
     fn a_closed_outbox_releases_what_could_not_be_queued() {
-        let root = CancellationToken::new();
-        let (conn, outbox) = ConnHandle::new(1, Vsn::V2, QueueLimits::frames(8), &root);
+        let (conn, outbox) = budgeted(usize::MAX);
         drop(outbox);
         assert!(!conn.push(binary(10)));
         assert_eq!(held(&conn), 0);

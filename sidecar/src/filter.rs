@@ -107,7 +107,8 @@ pub enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 13] = [
+    /// Every operator (the fuzz targets draw from this list too).
+    pub const ALL: [Op; 13] = [
         Op::Eq,
         Op::Neq,
         Op::Lt,
@@ -166,6 +167,14 @@ pub enum IsValue {
 }
 
 impl IsValue {
+    /// Every value `is` takes (the fuzz targets draw from this list too).
+    pub const ALL: [IsValue; 4] = [
+        IsValue::Null,
+        IsValue::True,
+        IsValue::False,
+        IsValue::Unknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             IsValue::Null => "null",
@@ -176,14 +185,9 @@ impl IsValue {
     }
 
     fn parse(text: &str) -> Option<Self> {
-        [
-            IsValue::Null,
-            IsValue::True,
-            IsValue::False,
-            IsValue::Unknown,
-        ]
-        .into_iter()
-        .find(|v| v.as_str().eq_ignore_ascii_case(text))
+        IsValue::ALL
+            .into_iter()
+            .find(|v| v.as_str().eq_ignore_ascii_case(text))
     }
 }
 

@@ -16,7 +16,8 @@
 //!   permissions from `realtime.messages` policies; `fanout` — topic registry and per-connection
 //!   queues bounded in frames and bytes; [`queue`] — the Postgres reader; [`publisher`] — client
 //!   messages to the other sidecars through Postgres; [`presence`] — cluster-wide presence;
-//!   `db` — the pool for queries on a client's behalf.
+//!   `db` — the pool for queries on a client's behalf; `batch_queue` — the bounded queue the
+//!   publisher and the unsubscriber drain.
 //! * [`filter`] — a `postgres_changes` entry read into a subscription spec; `changes` — those
 //!   subscriptions in the database and delivery of their changes; [`unsubscriber`] — deletes a
 //!   channel's subscription rows as soon as it ends.
@@ -26,6 +27,7 @@
 pub mod admission;
 pub mod app;
 pub mod auth;
+mod batch_queue;
 mod changes;
 mod channel;
 // `pub` for the fuzz targets (sidecar/fuzz), whose checks decode and encode frames.

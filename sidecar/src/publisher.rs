@@ -17,12 +17,11 @@
 //!   the second line of defence: one client's bad message must not cost others theirs.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use crate::app::AppState;
+use crate::batch_queue::BatchQueue;
 use crate::codec::UserPayload;
 use crate::fanout::TopicKey;
 
@@ -48,25 +47,22 @@ pub struct Outgoing {
 }
 
 pub struct Publisher {
-    tx: mpsc::Sender<Outgoing>,
-    /// Taken once by [`run`].
-    rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    /// Drained by [`run`].
+    queue: BatchQueue<Outgoing>,
     dropped: AtomicU64,
 }
 
 impl Publisher {
     pub fn new(capacity: usize) -> Self {
-        let (tx, rx) = mpsc::channel(capacity);
         Publisher {
-            tx,
-            rx: Mutex::new(Some(rx)),
+            queue: BatchQueue::new(capacity),
             dropped: AtomicU64::new(0),
         }
     }
 
     /// Queue `msg` for the other sidecars without waiting.
     pub fn publish(&self, msg: Outgoing) {
-        if self.tx.try_send(msg).is_err() {
+        if !self.queue.offer(msg) {
             self.count_dropped(1, "publish queue full");
         }
     }
@@ -86,30 +82,16 @@ impl Publisher {
 
 /// Drain the publish queue into the database until shutdown.
 pub async fn run(state: Arc<AppState>) {
-    let taken = state
-        .publisher
-        .rx
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
-    let Some(mut rx) = taken else {
+    let Some(mut queue) = state.publisher.queue.batches(BATCH) else {
         return;
     };
     let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        tokio::select! {
-            () = state.shutdown.cancelled() => break,
-            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { break },
-        }
+    while queue.next(&state.shutdown, &mut batch).await {
         publish_batch(&state, &batch).await;
         batch.clear();
     }
     // Flush what is already queued, once and briefly.
-    rx.close();
-    while let Ok(msg) = rx.try_recv() {
-        batch.push(msg);
-    }
-    for chunk in batch.chunks(BATCH) {
+    for chunk in queue.rest().chunks(BATCH) {
         if !matches!(
             tokio::time::timeout(SHUTDOWN_FLUSH, write(&state, chunk)).await,
             Ok(Ok(()))

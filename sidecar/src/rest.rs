@@ -562,15 +562,14 @@ mod tests {
     use std::net::SocketAddr;
 
     use axum::http::HeaderValue;
-    use clap::Parser;
     use serde_json::json;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
     use crate::app::app;
-    use crate::auth::tests::{token, valid_token, SECRET};
-    use crate::config::Config;
+    use crate::app::tests::test_state;
+    use crate::auth::tests::{token, valid_token};
 
     /// The default limits: a 255-byte Phoenix topic, a 255-byte event.
     const NAMES: Names = Names {
@@ -580,14 +579,7 @@ mod tests {
 
     /// The router on an ephemeral port, its database unreachable (port 1).
     async fn serve() -> SocketAddr {
-        let secret = format!("--jwt-secret={SECRET}");
-        let args = [
-            "test",
-            "--database-url=postgres://postgres@127.0.0.1:1/postgres",
-            &secret,
-            "--max-frame-bytes=100",
-        ];
-        let state = AppState::new(Config::try_parse_from(args).expect("config")).expect("state");
+        let state = test_state(&["--max-frame-bytes=100"]);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         tokio::spawn(async move { axum::serve(listener, app(state)).await.expect("server") });

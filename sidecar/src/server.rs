@@ -168,24 +168,14 @@ impl AsyncWrite for Counted {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpSocket;
 
     use super::*;
-    use crate::auth::tests::SECRET;
-    use crate::config::Config;
+    use crate::app::tests::test_state;
 
     async fn start(extra: &[&str]) -> (Arc<AppState>, SocketAddr) {
-        let secret = format!("--jwt-secret={SECRET}");
-        let mut args = vec![
-            "test",
-            "--database-url=postgres://postgres@127.0.0.1:1/postgres",
-            &secret,
-        ];
-        args.extend_from_slice(extra);
-        let state =
-            AppState::new(Config::try_parse_from(args).expect("test config")).expect("state");
+        let state = test_state(extra);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = state.shutdown.clone();

@@ -771,17 +771,8 @@ impl Session {
                 topic,
                 "broadcast denied by policy, dropped"
             );
-            if ch.broadcast_ack {
-                let reason = write_denied(&ch.key.sub_topic);
-                let join_ref = ch.join_ref.as_deref();
-                self.reply(
-                    join_ref,
-                    msg_ref,
-                    topic,
-                    "error",
-                    json!({ "reason": reason }),
-                );
-            }
+            let reason = write_denied(&ch.key.sub_topic);
+            self.ack(ch, topic, msg_ref, "error", json!({ "reason": reason }));
             return;
         }
         let msg = match payload {
@@ -799,16 +790,7 @@ impl Session {
         let remote = msg.user_parts();
         if let Some(reason) = self.refusal(&msg, remote.as_ref()) {
             tracing::debug!(conn = self.conn.id, topic, reason, "broadcast refused");
-            if ch.broadcast_ack {
-                let join_ref = ch.join_ref.as_deref();
-                self.reply(
-                    join_ref,
-                    msg_ref,
-                    topic,
-                    "error",
-                    json!({ "reason": reason }),
-                );
-            }
+            self.ack(ch, topic, msg_ref, "error", json!({ "reason": reason }));
             return;
         }
         let size = remote.as_ref().map_or(0, |(_, payload)| payload.len());
@@ -819,16 +801,7 @@ impl Session {
                 size,
                 "broadcast payload too large, dropped"
             );
-            if ch.broadcast_ack {
-                let join_ref = ch.join_ref.as_deref();
-                self.reply(
-                    join_ref,
-                    msg_ref,
-                    topic,
-                    "error",
-                    json!(PAYLOAD_SIZE_EXCEEDED),
-                );
-            }
+            self.ack(ch, topic, msg_ref, "error", json!(PAYLOAD_SIZE_EXCEEDED));
             return;
         }
         let exclude = ch.sub_id.filter(|_| !ch.broadcast_self);
@@ -841,8 +814,20 @@ impl Session {
                 payload,
             });
         }
+        self.ack(ch, topic, msg_ref, "ok", json!({}));
+    }
+
+    /// Answer a broadcast push if the channel asked for acknowledgements (`broadcast.ack`).
+    fn ack(
+        &self,
+        ch: &Channel,
+        topic: &str,
+        msg_ref: Option<&str>,
+        status: &'static str,
+        response: Value,
+    ) {
         if ch.broadcast_ack {
-            self.reply(ch.join_ref.as_deref(), msg_ref, topic, "ok", json!({}));
+            self.reply(ch.join_ref.as_deref(), msg_ref, topic, status, response);
         }
     }
 
@@ -1198,13 +1183,12 @@ impl Drop for Session {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
     use serde_json::json;
 
     use super::*;
-    use crate::auth::tests::{token, valid_token, SECRET};
+    use crate::app::tests::test_state;
+    use crate::auth::tests::{token, valid_token};
     use crate::codec::Vsn;
-    use crate::config::Config;
     use crate::fanout::{Outbox, QueueLimits};
 
     fn state() -> Arc<AppState> {
@@ -1212,17 +1196,12 @@ mod tests {
     }
 
     fn state_with(extra: &[&str]) -> Arc<AppState> {
-        let secret = format!("--jwt-secret={SECRET}");
-        let mut args = vec![
-            "test",
-            "--database-url=postgres://postgres@127.0.0.1:1/postgres",
-            &secret,
+        let fixed = [
             "--channel-error-backoff-ms=0",
             "--max-channels-per-client=2",
             "--client-queue-frames=16",
         ];
-        args.extend_from_slice(extra);
-        AppState::new(Config::try_parse_from(args).expect("test config")).expect("test state")
+        test_state(&[&fixed[..], extra].concat())
     }
 
     struct Client {
@@ -1910,12 +1889,7 @@ mod tests {
     fn ended_channels_forget_their_subscriptions() {
         let state = state();
         let mut c = Client::new(&state);
-        let entry = json!([{"event":"*","schema":"public","table":"todos"}]);
-        let reply = c.join("realtime:db", "1", json!({"postgres_changes": entry}));
-        let id = reply[4]["response"]["postgres_changes"][0]["id"]
-            .as_u64()
-            .expect("id");
-        subscribed(&mut c, "realtime:db", Ok(vec![(id, 41)]));
+        join_todos(&mut c);
         c.recv();
         c.send(r#"["1","2","realtime:db","phx_leave",{}]"#);
         assert_eq!(state.unsubscriber.queued(), [vec![41]]);
@@ -2058,16 +2032,23 @@ mod tests {
         c.session.on_timer(Instant::now());
     }
 
-    #[test]
-    fn postgres_changes_subscription_lifecycle() {
-        let state = state();
-        let mut c = Client::new(&state);
+    /// Join `realtime:db` (join_ref "1") for every change to `public.todos`; the database
+    /// answers with subscription row 41. The binding's id.
+    fn join_todos(c: &mut Client) -> u64 {
         let entry = json!([{"event":"*","schema":"public","table":"todos"}]);
         let reply = c.join("realtime:db", "1", json!({"postgres_changes": entry}));
         let id = reply[4]["response"]["postgres_changes"][0]["id"]
             .as_u64()
             .expect("id");
-        subscribed(&mut c, "realtime:db", Ok(vec![(id, 41)]));
+        subscribed(c, "realtime:db", Ok(vec![(id, 41)]));
+        id
+    }
+
+    #[test]
+    fn postgres_changes_subscription_lifecycle() {
+        let state = state();
+        let mut c = Client::new(&state);
+        let id = join_todos(&mut c);
         assert_eq!(
             c.recv(),
             json!(["1", null, "realtime:db", "system", {"extension":"postgres_changes","status":"ok",

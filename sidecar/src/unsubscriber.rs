@@ -11,12 +11,11 @@
 //!   statement is logged and its ids are left to the sweep. At shutdown, what is queued is
 //!   deleted once, briefly.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use crate::app::AppState;
+use crate::batch_queue::BatchQueue;
 
 /// Id lists (one per ended channel) waiting at most.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -26,17 +25,14 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 const UNSUBSCRIBE_SQL: &str = "SELECT realtime._unsubscribe($1::text::uuid, $2)";
 
 pub struct Unsubscriber {
-    tx: mpsc::Sender<Vec<i64>>,
-    /// Taken once by [`run`].
-    rx: Mutex<Option<mpsc::Receiver<Vec<i64>>>>,
+    /// Drained by [`run`].
+    queue: BatchQueue<Vec<i64>>,
 }
 
 impl Unsubscriber {
     pub fn new(capacity: usize) -> Self {
-        let (tx, rx) = mpsc::channel(capacity);
         Unsubscriber {
-            tx,
-            rx: Mutex::new(Some(rx)),
+            queue: BatchQueue::new(capacity),
         }
     }
 
@@ -45,7 +41,7 @@ impl Unsubscriber {
         if ids.is_empty() {
             return;
         }
-        if self.tx.try_send(ids.to_vec()).is_err() {
+        if !self.queue.offer(ids.to_vec()) {
             tracing::debug!(
                 n = ids.len(),
                 "unsubscribe queue full; the sweep deletes these subscriptions"
@@ -58,39 +54,23 @@ impl Unsubscriber {
 impl Unsubscriber {
     /// The id lists queued so far (taking them).
     pub fn queued(&self) -> Vec<Vec<i64>> {
-        let mut rx = self.rx.lock().expect("lock");
-        let rx = rx.as_mut().expect("receiver");
-        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+        self.queue.queued()
     }
 }
 
 /// Delete queued subscriptions until shutdown.
 pub async fn run(state: Arc<AppState>) {
-    let taken = state
-        .unsubscriber
-        .rx
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
-    let Some(mut rx) = taken else {
+    let Some(mut queue) = state.unsubscriber.queue.batches(BATCH) else {
         return;
     };
     let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        tokio::select! {
-            () = state.shutdown.cancelled() => break,
-            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { break },
-        }
+    while queue.next(&state.shutdown, &mut batch).await {
         let ids: Vec<i64> = batch.drain(..).flatten().collect();
         if let Err(err) = unsubscribe(&state, &ids).await {
             tracing::info!(error = %err, n = ids.len(), "deleting subscriptions failed; the sweep will");
         }
     }
-    rx.close();
-    while let Ok(ids) = rx.try_recv() {
-        batch.push(ids);
-    }
-    let ids: Vec<i64> = batch.into_iter().flatten().collect();
+    let ids: Vec<i64> = queue.rest().into_iter().flatten().collect();
     if !ids.is_empty() {
         let _ = tokio::time::timeout(SHUTDOWN_FLUSH, unsubscribe(&state, &ids)).await;
     }

@@ -245,7 +245,6 @@ where
 mod tests {
     use std::net::SocketAddr;
 
-    use clap::Parser;
     use serde_json::value::RawValue;
     use serde_json::{json, Value};
     use tokio::net::TcpListener;
@@ -254,26 +253,20 @@ mod tests {
 
     use super::*;
     use crate::app::app;
-    use crate::auth::tests::{token, valid_token, SECRET};
+    use crate::app::tests::test_state;
+    use crate::auth::tests::{token, valid_token};
     use crate::codec::{Broadcast, UserBroadcast, UserPayload};
-    use crate::config::Config;
     use crate::fanout::TopicKey;
 
     type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
     const WAIT: Duration = Duration::from_secs(5);
 
     async fn start(extra: &[&str]) -> (Arc<AppState>, SocketAddr) {
-        let secret = format!("--jwt-secret={SECRET}");
-        let mut args = vec![
-            "test",
-            "--database-url=postgres://postgres@127.0.0.1:1/postgres",
-            &secret,
+        let backoffs = [
             "--connect-error-backoff-ms=0",
             "--channel-error-backoff-ms=0",
         ];
-        args.extend_from_slice(extra);
-        let state =
-            AppState::new(Config::try_parse_from(args).expect("test config")).expect("test state");
+        let state = test_state(&[&backoffs[..], extra].concat());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = state.shutdown.clone();
@@ -592,6 +585,31 @@ mod tests {
         heartbeat_v2(&mut other).await;
     }
 
+    /// A 1 MiB binary broadcast to the public channel `sub_topic`.
+    fn publish_mebibyte(state: &AppState, sub_topic: &str) {
+        let key = TopicKey {
+            sub_topic: sub_topic.into(),
+            private: false,
+        };
+        let msg = UserBroadcast {
+            event: "e".into(),
+            payload: UserPayload::Binary(bytes::Bytes::from(vec![7u8; 1 << 20])),
+            meta_id: None,
+        };
+        state.registry.publish(&key, &Broadcast::User(msg), None);
+    }
+
+    /// Whether all connections but one are gone within `WAIT`.
+    async fn one_connection_left(state: &AppState) -> bool {
+        tokio::time::timeout(WAIT, async {
+            while state.connections.len() > 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     #[tokio::test]
     async fn slow_client_is_closed_without_slowing_others() {
         let (state, addr) = start(&["--client-queue-frames=4"]).await;
@@ -599,32 +617,16 @@ mod tests {
         let mut fast = connect(addr, "2.0.0").await;
         join_v2(&mut slow, "realtime:load", "1").await;
         join_v2(&mut fast, "realtime:load", "1").await;
-        let key = TopicKey {
-            sub_topic: "load".into(),
-            private: false,
-        };
-        let blob = bytes::Bytes::from(vec![7u8; 1 << 20]);
         let mut received = 0;
         for _ in 0..64 {
-            let msg = UserBroadcast {
-                event: "e".into(),
-                payload: UserPayload::Binary(blob.clone()),
-                meta_id: None,
-            };
-            state.registry.publish(&key, &Broadcast::User(msg), None);
+            publish_mebibyte(&state, "load");
             // The fast client keeps up; the slow one never reads.
             assert!(matches!(next(&mut fast).await, Ws::Binary(_)));
             received += 1;
         }
         assert_eq!(received, 64);
         // The slow connection was dropped: only the fast one is still tracked.
-        let gone = tokio::time::timeout(WAIT, async {
-            while state.connections.len() > 1 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        assert!(gone.is_ok(), "slow client closed");
+        assert!(one_connection_left(&state).await, "slow client closed");
         heartbeat_v2(&mut fast).await;
     }
 
@@ -637,27 +639,14 @@ mod tests {
         let mut reader = connect(addr, "2.0.0").await;
         join_v2(&mut idle, "realtime:big", "1").await;
         join_v2(&mut reader, "realtime:big", "1").await;
-        let key = TopicKey {
-            sub_topic: "big".into(),
-            private: false,
-        };
-        let blob = bytes::Bytes::from(vec![7u8; 1 << 20]);
         for _ in 0..64 {
-            let msg = UserBroadcast {
-                event: "e".into(),
-                payload: UserPayload::Binary(blob.clone()),
-                meta_id: None,
-            };
-            state.registry.publish(&key, &Broadcast::User(msg), None);
+            publish_mebibyte(&state, "big");
             assert!(matches!(next(&mut reader).await, Ws::Binary(_)));
         }
-        let gone = tokio::time::timeout(WAIT, async {
-            while state.connections.len() > 1 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        assert!(gone.is_ok(), "the idle client was closed");
+        assert!(
+            one_connection_left(&state).await,
+            "the idle client was closed"
+        );
         heartbeat_v2(&mut reader).await;
         // What reached the idle client before it was closed: under 64 MiB.
         let mut received = 0;

@@ -19,29 +19,6 @@ use serde_json::{json, Map, Value};
 
 use crate::json;
 
-const OPS: [Op; 13] = [
-    Op::Eq,
-    Op::Neq,
-    Op::Lt,
-    Op::Lte,
-    Op::Gt,
-    Op::Gte,
-    Op::In,
-    Op::Like,
-    Op::Ilike,
-    Op::Match,
-    Op::Imatch,
-    Op::Is,
-    Op::IsDistinct,
-];
-
-const IS_VALUES: [IsValue; 4] = [
-    IsValue::Null,
-    IsValue::True,
-    IsValue::False,
-    IsValue::Unknown,
-];
-
 pub fn text(data: &[u8]) {
     let filter = String::from_utf8_lossy(data);
     let Some(conditions) = parse_filter(&filter) else {
@@ -199,7 +176,7 @@ fn list_item(u: &mut Unstructured, item: Option<&str>) -> Result<String> {
 }
 
 fn condition(u: &mut Unstructured) -> Result<Condition> {
-    let op = *u.choose(&OPS)?;
+    let op = *u.choose(&Op::ALL)?;
     let value = match op {
         Op::In => {
             let n = if u.ratio(1, 16)? {
@@ -216,7 +193,7 @@ fn condition(u: &mut Unstructured) -> Result<Condition> {
             };
             FilterValue::List((0..n).map(|_| item(u)).collect::<Result<_>>()?)
         }
-        Op::Is => FilterValue::Is(*u.choose(&IS_VALUES)?),
+        Op::Is => FilterValue::Is(*u.choose(&IsValue::ALL)?),
         _ => FilterValue::One(json::string(u)?),
     };
     let mut column = json::string(u)?;
