@@ -160,6 +160,10 @@ pub fn decode_text(vsn: Vsn, text: &str) -> Result<Inbound, DecodeError> {
     let json_err = |e: serde_json::Error| DecodeError::Json(e.to_string());
     match vsn {
         Vsn::V1 => {
+            // An object only, as Phoenix reads v1 (serde would take the fields from an array too).
+            if !text.trim_start().starts_with('{') {
+                return Err(DecodeError::Json("a v1 message is a JSON object".to_owned()));
+            }
             let m: V1In = serde_json::from_str(text).map_err(json_err)?;
             Ok(Inbound {
                 join_ref: m.join_ref,
@@ -446,6 +450,7 @@ mod tests {
         for bad in [
             "garbage",
             "[]",
+            r#"["t","e",{},null]"#, // the fields in order: still not an object
             r#"{"topic":"t","event":"e","payload":{}}"#, // ref key is required
             r#"{"topic":1,"event":"e","payload":{},"ref":null}"#,
             r#"{"event":"e","payload":{},"ref":null}"#,

@@ -138,11 +138,6 @@ impl Fields {
     }
 }
 
-/// Known departure: serde also reads v1's message struct from an array of its fields in order
-/// (`["topic", "event", payload, ref]`, optionally `join_ref` fifth), which Phoenix's v1
-/// serializer refuses. Set to `false` once `codec::decode_text` takes objects only.
-pub const V1_ACCEPTS_ARRAYS: bool = true;
-
 #[derive(Debug)]
 enum Model {
     Accept(Fields),
@@ -176,17 +171,6 @@ fn text_model(vsn: Vsn, text: &str) -> Model {
                 string(&items[3])?,
                 &items[4],
             )),
-            (Vsn::V1, Value::Array(items))
-                if V1_ACCEPTS_ARRAYS && (4..=5).contains(&items.len()) =>
-            {
-                Some((
-                    items.get(4).map_or(Some(None), nullable)?,
-                    nullable(&items[3])?,
-                    string(&items[0])?,
-                    string(&items[1])?,
-                    &items[2],
-                ))
-            }
             (Vsn::V1, Value::Object(obj)) => {
                 // serde refuses a repeated field of the struct; `Value` keeps the last one.
                 let keys = serde_json::from_str::<Keys>(text).ok()?.0;
@@ -633,15 +617,11 @@ impl Case {
 mod tests {
     use super::*;
 
-    /// A known departure, tolerated by the model while [`V1_ACCEPTS_ARRAYS`] says so.
+    /// Phoenix's v1 serializer reads objects only; serde would read the struct from an array too.
     #[test]
-    fn v1_frame_as_an_array() {
+    fn v1_frame_as_an_array_is_refused() {
         for frame in [r#"["t","e",{},null]"#, r#"["t","e",{},"1","2"]"#] {
-            assert_eq!(
-                codec::decode_text(Vsn::V1, frame).is_ok(),
-                V1_ACCEPTS_ARRAYS,
-                "{frame}: set V1_ACCEPTS_ARRAYS to match"
-            );
+            assert!(codec::decode_text(Vsn::V1, frame).is_err(), "{frame}");
         }
     }
 }
