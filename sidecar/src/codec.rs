@@ -162,7 +162,9 @@ pub fn decode_text(vsn: Vsn, text: &str) -> Result<Inbound, DecodeError> {
         Vsn::V1 => {
             // An object only, as Phoenix reads v1 (serde would take the fields from an array too).
             if !text.trim_start().starts_with('{') {
-                return Err(DecodeError::Json("a v1 message is a JSON object".to_owned()));
+                return Err(DecodeError::Json(
+                    "a v1 message is a JSON object".to_owned(),
+                ));
             }
             let m: V1In = serde_json::from_str(text).map_err(json_err)?;
             Ok(Inbound {
