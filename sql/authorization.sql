@@ -19,7 +19,12 @@ create unlogged table realtime.messages (
     id             uuid      not null default gen_random_uuid(),
     binary_payload bytea,
     primary key (id, inserted_at),
-    check (payload is null or binary_payload is null)
+    check (payload is null or binary_payload is null),
+    -- A private send from SQL asks the caller's INSERT policies with a probe row this check
+    -- refuses (extension/src/queue.rs): policies come first, so their verdict is known, and the
+    -- row is never written — no transaction id, nothing to roll back.
+    constraint realtime_send_probe
+        check (pg_catalog.current_setting('realtime.authorizing', true) is distinct from 'send')
 );
 alter table realtime.messages enable row level security;
 -- Row access is decided by policies alone (none: nobody but the owner sees or inserts a row).

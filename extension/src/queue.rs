@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::ffi::c_void;
 
 use crate::error::RealtimeError;
-use crate::{guc, horizon, identity, pending};
+use crate::{guc, horizon, identity, pending, spi};
 
 thread_local! {
     static HOLDS_SLOT: Cell<bool> = const { Cell::new(false) };
@@ -289,41 +289,53 @@ fn type_name(oid: pg_sys::Oid) -> String {
 /// A send from SQL to a PRIVATE channel must pass the caller's INSERT policies on
 /// realtime.messages, as a socket send does: a probe row (extension 'broadcast', the topic in
 /// `realtime.topic`) is inserted as the caller in a subtransaction that is always rolled back.
-/// Roles that bypass row-level security there are not checked, as PostgreSQL would not check
-/// them; the probe is skipped for them, so their sends cost nothing more.
+/// The row fails the table's `realtime_send_probe` check, which PostgreSQL evaluates after the
+/// INSERT policies and before writing anything: a check violation means the policies passed, and
+/// no transaction id or WAL is spent on the probe. The statement is a kept plan. Roles that
+/// bypass row-level security there are not checked, as PostgreSQL would not check them; the
+/// probe is skipped for them, so their sends cost nothing more.
 fn authorize_private_send(
     topic: &str,
     event: &str,
+    id: Option<Uuid>,
     (payload, binary): Message,
 ) -> Result<(), RealtimeError> {
     if !identity::rls_applies(messages_oid()) {
         return Ok(());
     }
+    let (sql, ty) = if binary {
+        (
+            "insert into realtime.messages (id, topic, extension, event, binary_payload, private)
+             values ($1, $2, 'broadcast', $3, $4, true)",
+            pg_sys::BYTEAOID,
+        )
+    } else {
+        (
+            "insert into realtime.messages (id, topic, extension, event, payload, private)
+             values ($1, $2, 'broadcast', $3, $4, true)",
+            pg_sys::JSONBOID,
+        )
+    };
+    let types = [pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::TEXTOID, ty];
+    let id = id.unwrap_or_else(|| Uuid::from_bytes([0; 16]));
+    let args = [
+        id.into_datum(),
+        topic.into_datum(),
+        event.into_datum(),
+        Some(payload),
+    ];
     let probe = identity::trial(|| {
         identity::with_settings(
-            &[("realtime.authorizing", "on"), ("realtime.topic", topic)],
+            &[("realtime.authorizing", "send"), ("realtime.topic", topic)],
             || {
-                let sql = if binary {
-                    "insert into realtime.messages (topic, extension, event, binary_payload, private)
-                 values ($1, 'broadcast', $2, $3::bytea, true)"
-                } else {
-                    "insert into realtime.messages (topic, extension, event, payload, private)
-                 values ($1, 'broadcast', $2, $3::jsonb, true)"
-                };
-                let ty = if binary {
-                    pg_sys::BYTEAOID
-                } else {
-                    pg_sys::JSONBOID
-                };
-                // SAFETY: `payload` is a valid datum of type `ty` for the whole call.
-                let value = unsafe { pgrx::datum::DatumWithOid::new(payload, ty) };
-                Spi::run_with_args(sql, &[topic.into(), event.into(), value])
+                // SAFETY: inside the SPI connection just opened; `args` match `types` (`payload` is a
+                // valid datum of type `ty` for the whole call).
+                Spi::connect(|_| unsafe { spi::run(sql, &types, &args, false, |_| {}) })
             },
         )
     });
     match probe {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(RealtimeError::SendFailed(err.to_string())),
+        Err((PgSqlErrorCode::ERRCODE_CHECK_VIOLATION, _)) | Ok(()) => Ok(()),
         Err((PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, _)) => {
             Err(RealtimeError::PrivateSendDenied(topic.into()))
         }
@@ -353,7 +365,7 @@ fn messages_oid() -> pg_sys::Oid {
 fn broadcast(topic: &str, event: &str, payload: Option<AnyElement>, private: bool) {
     let message = validate(topic, payload).unwrap_or_else(|err| err.report());
     if private {
-        authorize_private_send(topic, event, message).unwrap_or_else(|err| err.report());
+        authorize_private_send(topic, event, None, message).unwrap_or_else(|err| err.report());
     }
     let envelope = pending::Envelope {
         private,
@@ -388,7 +400,7 @@ fn send_message(payload: Option<AnyElement>, event: &str, topic: &str, private: 
             (with_id(datum, id), false)
         };
         if private {
-            authorize_private_send(topic, event, message)?;
+            authorize_private_send(topic, event, id, message)?;
         }
         Ok(message)
     });
